@@ -1,4 +1,4 @@
-"""Run every ``benchmarks/bench_*.py`` (or those whose name contains a filter) and print one table."""
+"""Run every ``benchmarks/bench_*.py`` (or those matching a filter) and print one table."""
 
 from __future__ import annotations
 

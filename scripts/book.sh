@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and build the book into _build/html.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup.sh
+echo "== building the book"
+.venv/bin/jupyter-book build . --keep-going
+echo "Open $(pwd)/_build/html/index.html"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run every check: ruff, the library tests, every notebook under nbval,
+# and a fresh book build with warnings as errors. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup.sh
+export PYTHONHASHSEED=0 MPLBACKEND=Agg
+
+run_pytest() {  # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
+  local rc=0
+  .venv/bin/python -m pytest "$@" || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "ERROR: pytest collected no tests for: $* (investigate; this is not a pass)" >&2
+  fi
+  return "$rc"
+}
+
+SECONDS=0
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== library tests"
+run_pytest tests
+t_tests=$SECONDS
+echo "== notebooks (nbval re-executes every chapter and compares stored outputs)"
+run_pytest --nbval --nbval-current-env --nbval-cell-timeout=300 book
+t_nbval=$((SECONDS - t_tests))
+echo "== book build (warnings are errors)"
+rm -rf _build
+.venv/bin/jupyter-book build . -W --keep-going
+t_book=$((SECONDS - t_tests - t_nbval))
+echo "== all checks passed: tests ${t_tests}s, nbval ${t_nbval}s, book ${t_book}s"

@@ -1,0 +1,143 @@
+"""Structural checks of the book: table of contents, stored executions, no re-defined library code."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lora_edu
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+
+
+def notebooks() -> list[Path]:
+    return sorted(p for p in BOOK.rglob("*.ipynb")
+                  if ".ipynb_checkpoints" not in p.parts and "_build" not in p.parts)
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(toc.get("parts", toc.get("chapters", [])))
+    return files
+
+
+def code_cells(nb: Path) -> list[dict]:
+    cells = json.loads(nb.read_text())["cells"]
+    return [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+
+
+def exported_names() -> set[str]:
+    names: set[str] = set(lora_edu.__all__)
+    for info in pkgutil.walk_packages(lora_edu.__path__, "lora_edu."):
+        module = importlib.import_module(info.name)
+        names.update(getattr(module, "__all__", []))
+    return names
+
+
+def test_every_module_declares_all():
+    for info in pkgutil.walk_packages(lora_edu.__path__, "lora_edu."):
+        module = importlib.import_module(info.name)
+        assert hasattr(module, "__all__"), f"{info.name} has no __all__"
+
+
+def test_there_are_notebooks():
+    assert (BOOK / "01_low_rank.ipynb") in notebooks()
+
+
+def test_every_notebook_is_in_toc_and_every_toc_entry_exists():
+    entries = toc_files()
+    for entry in entries:
+        matches = [p for p in (ROOT / f"{entry}.ipynb", ROOT / f"{entry}.md") if p.exists()]
+        assert matches, f"_toc.yml entry {entry!r} has no .ipynb or .md file"
+    listed = {ROOT / f"{e}.ipynb" for e in entries}
+    for nb in notebooks():
+        assert nb in listed, f"{nb.relative_to(ROOT)} is not listed in _toc.yml"
+
+
+def test_chapter_file_names_follow_fixed_numbering():
+    fixed = {"01": "low_rank", "02": "lora", "03": "where_rank", "04": "nf4",
+             "05": "double_quant", "06": "qlora", "07": "adalora", "08": "comparison"}
+    for nb in notebooks():
+        m = re.fullmatch(r"(\d\d)_(\w+)\.ipynb", nb.name)
+        assert m, f"{nb.name} does not follow NN_name.ipynb"
+        assert fixed.get(m.group(1)) == m.group(2), f"{nb.name}: chapter {m.group(1)} is fixed"
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_code_cells_executed_in_order(nb):
+    counts = [c.get("execution_count") for c in code_cells(nb)]
+    assert None not in counts, f"{nb.name}: a code cell has no stored execution"
+    assert counts == list(range(1, len(counts) + 1)), f"{nb.name}: not run top to bottom once"
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_first_code_cell_seeds(nb):
+    first = "".join(code_cells(nb)[0]["source"])
+    assert "seed_everything(" in first, f"{nb.name}: first code cell must call seed_everything"
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_notebook_does_not_redefine_library_code(nb):
+    exported = exported_names()
+    for cell in code_cells(nb):
+        source = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                           if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                assert node.name not in exported, (
+                    f"{nb.name} defines {node.name!r}, which lora_edu exports: import it instead")
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_no_svg_outputs_and_imports_library(nb):
+    cells = code_cells(nb)
+    assert any("lora_edu" in "".join(c["source"]) for c in cells), f"{nb.name} never imports it"
+    for cell in cells:
+        for out in cell.get("outputs", []):
+            assert "image/svg+xml" not in out.get("data", {}), f"{nb.name}: SVG output"
+
+
+def test_config_is_jupyter_book_1_with_execution_off():
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["execute"]["execute_notebooks"] == "off"
+    assert config["only_build_toc_files"] is True
+    for pattern in (".*", "_build", ".venv", "tests", "benchmarks"):
+        assert pattern in config["exclude_patterns"]
+    assert "jupyter-book>=1.0.4,<2" in (ROOT / "requirements.txt").read_text()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    test_cmd = [c.strip() for c in commands if "check.sh" in c]
+    assert test_cmd == ["bash scripts/check.sh"], test_cmd
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] \
+        == ["bash scripts/check.sh"]
+
+
+def test_bibliography_has_the_four_papers():
+    bib = (BOOK / "references.bib").read_text()
+    for needle in ("2106.09685", "2305.14314", "2303.10512", "houlsby2019parameter",
+                   "eckart1936approximation"):
+        assert needle in bib
