@@ -1,4 +1,4 @@
-"""Structural checks of the book: table of contents, stored executions, no re-defined library code."""
+"""Structural checks of the book: toc, stored executions, no re-defined library code."""
 
 from __future__ import annotations
 
@@ -132,8 +132,9 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_cmd = [c.strip() for c in commands if "check.sh" in c]
     assert test_cmd == ["bash scripts/check.sh"], test_cmd
     ci = (ROOT / ".ci" / "run").read_text()
-    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] \
-        == ["bash scripts/check.sh"]
+    commands = [line for line in ci.splitlines()
+                if line and not line.startswith(("#", "set ", "cd "))]
+    assert commands == ["bash scripts/check.sh"]
 
 
 def test_bibliography_has_the_four_papers():

@@ -1,0 +1,62 @@
+"""Chapter 4: blockwise NF4 quantize / dequantize throughput against a plain copy of the tensor.
+
+16M float32 values, blocksize 64, 2 threads. The copy (``x.clone()``: read 64 MB, write 64 MB)
+is the memory-bandwidth reference measured in the same run; the targets are absolute
+throughputs from issue 4 (quantize ≥ 50 M values/s; dequantize ≥ 250 M values/s), reported
+next to the ratio to the copy so a reader can compare machines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import Result, check, interleaved_times
+from lora_edu.nf4 import block_normalize, code_thresholds, dequantize_4bit, nf4_code, quantize_4bit
+
+N = 16 * 2**20
+BLOCKSIZE = 64
+
+
+def run() -> list[Result]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(N, generator=g)
+    q = quantize_4bit(x, BLOCKSIZE)
+    out = torch.empty_like(x)
+    thresholds = code_thresholds(nf4_code())
+
+    def quantize_bucketize():  # the same quantizer with a plain binary search (torch.bucketize)
+        v, absmax = block_normalize(x, BLOCKSIZE)
+        pairs = torch.bucketize(v, thresholds, out_int32=True).view(-1, 2)
+        packed = torch.bitwise_left_shift(pairs[:, 0], 4).bitwise_or_(pairs[:, 1])
+        return packed.to(torch.uint8), absmax
+
+    times = interleaved_times({
+        "copy": lambda: x.clone(),
+        "quantize": lambda: quantize_4bit(x, BLOCKSIZE),
+        "quantize_bucketize": quantize_bucketize,
+        "dequantize": lambda: dequantize_4bit(q),
+        "dequantize_out": lambda: dequantize_4bit(q, out=out),
+    }, repeat=9, warmup=2)
+    mvals = {k: N / t / 1e6 for k, t in times.items()}
+    copy = f"x.clone() = {mvals['copy']:.0f} M values/s ({times['copy'] * 1e3:.1f} ms)"
+    rows = []
+    for key, label, target in (
+        ("quantize", "quantize_4bit", ">= 50"),
+        ("dequantize", "dequantize_4bit (fresh output)", ">= 250"),
+        ("dequantize_out", "dequantize_4bit (out= preallocated)", ">= 250"),
+    ):
+        rows.append(Result(
+            name=f"nf4 {label}, M values/s (16M fp32, bs {BLOCKSIZE})",
+            ratio=mvals[key],
+            baseline=copy,
+            target=target,
+            ok=check(mvals[key], target),
+            note=f"time / copy time = {times[key] / times['copy']:.2f}",
+        ))
+    rows.append(Result(
+        name="nf4 quantize_4bit / same with torch.bucketize (time)",
+        ratio=times["quantize"] / times["quantize_bucketize"],
+        baseline=f"bucketize version = {mvals['quantize_bucketize']:.0f} M values/s",
+        note="grid lookup + one comparison instead of a binary search",
+    ))
+    return rows

@@ -1,0 +1,305 @@
+"""Tests of lora_edu.nf4: blockwise 4-bit quantization, packing, round trip, usage entropy."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lora_edu.nf4 import (
+    QuantizedTensor,
+    _grid_tables,  # the fast path's tables, checked against bucketize
+    block_normalize,
+    code_indices,
+    code_thresholds,
+    code_usage,
+    dequantize_4bit,
+    entropy_bits,
+    fp4_code,
+    int4_code,
+    lloyd_code_from_samples,
+    lloyd_max_code,
+    nf4_code,
+    normal_float_code,
+    pack_nibbles,
+    quantization_error,
+    quantize_4bit,
+    unpack_nibbles,
+)
+
+ALL_CODES = {
+    "nf4": nf4_code(), "int4": int4_code(), "fp4": fp4_code(), "fp4_bnb": fp4_code("bnb"),
+    "lloyd_max": lloyd_max_code(), "nf4_sym": normal_float_code(4, symmetric=True),
+}
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def test_pack_vectors():
+    q = quantize_4bit(torch.tensor([-1.0, 1.0]))
+    assert q.packed.dtype == torch.uint8
+    assert q.packed[0].item() == 0x0F
+    q = quantize_4bit(torch.tensor([0.5, -0.25, 1.0]))
+    assert q.packed[:2].tolist() == [0xC4, 0xF7]
+    # the tail of the (padded) block is zeros -> index 7 (exact 0) in both nibbles
+    assert bool((q.packed[2:] == 0x77).all())
+    out = dequantize_4bit(q)
+    assert out.tolist() == pytest.approx([0.44070982933044434, -0.28444138169288635, 1.0],
+                                         abs=1e-7)
+
+
+def test_ties_go_to_the_lower_code():
+    code = nf4_code()
+    # a value exactly on a float32 threshold (here scaled by absmax 1) takes the lower index
+    t = ((code[12].double() + code[13].double()) / 2).float()
+    x = torch.tensor([t.item(), 1.0])
+    assert code_indices(quantize_4bit(x)).tolist() == [12, 15]
+    x = torch.tensor([torch.nextafter(t, torch.tensor(2.0)).item(), 1.0])
+    assert code_indices(quantize_4bit(x)).tolist() == [13, 15]
+
+
+def test_pack_unpack_layout():
+    idx = torch.tensor([1, 2, 15, 0, 7, 9], dtype=torch.uint8)
+    packed = pack_nibbles(idx)
+    assert packed.tolist() == [0x12, 0xF0, 0x79]
+    assert torch.equal(unpack_nibbles(packed), idx)
+
+
+@pytest.mark.parametrize("name", list(ALL_CODES))
+@pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])
+def test_round_trip_error_bound(name, blocksize):
+    code = ALL_CODES[name]
+    x = randn(33, 129, seed=blocksize) * 3
+    q = quantize_4bit(x, blocksize, code)
+    xh = dequantize_4bit(q)
+    assert xh.shape == x.shape and xh.dtype == x.dtype
+    n = x.numel()
+    nb = -(-n // blocksize)
+    padded = torch.zeros(nb * blocksize)
+    padded[:n] = x.reshape(-1)
+    absmax = padded.view(nb, blocksize).abs().amax(1)
+    assert torch.equal(q.absmax, absmax)
+    inside = code[(code >= -1) & (code <= 1)].double()
+    half_gap = float((inside[1:] - inside[:-1]).max()) / 2
+    bound = (half_gap + 1e-6) * absmax.repeat_interleave(blocksize)[:n]
+    err = (xh - x).abs().reshape(-1)
+    assert bool((err <= bound).all())
+    # and the error is not trivially zero
+    assert float(err.max()) > 0.1 * float(bound.max())
+
+
+def test_nearest_level_against_brute_force():
+    x = randn(4096, seed=3)
+    code = nf4_code()
+    q = quantize_4bit(x, 64, code)
+    v = (x.view(-1, 64) / x.view(-1, 64).abs().amax(1, keepdim=True)).reshape(-1)
+    dist = (v[:, None].double() - code[None, :].double()).abs()
+    # nearest level; no exact ties occur with random data
+    assert torch.equal(code_indices(q).long(), dist.argmin(1))
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (3, 5, 7), (64,), (2, 64), (1000,)])
+def test_shapes_and_padding(shape):
+    x = randn(*shape, seed=len(shape))
+    q = quantize_4bit(x, 32)
+    n = math.prod(shape)
+    assert q.numel == n
+    assert q.packed.numel() == -(-n // 32) * 16
+    assert q.absmax.shape == (-(-n // 32),) and q.absmax.dtype == torch.float32
+    out = dequantize_4bit(q)
+    assert out.shape == torch.Size(shape)
+    if n:
+        assert float((out - x).abs().max()) <= 0.17 * float(x.abs().max())
+
+
+def test_zero_blocks_decode_to_zero():
+    x = torch.zeros(4, 64)
+    x[1] = randn(64)
+    for code in ALL_CODES.values():
+        q = quantize_4bit(x, 64, code)
+        out = dequantize_4bit(q)
+        assert not bool(torch.isnan(out).any())
+        assert bool((out[0] == 0).all()) and bool((out[2:] == 0).all())
+        assert q.absmax[0] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(dtype):
+    x = randn(256, 3, seed=5, dtype=dtype)
+    q = quantize_4bit(x, 64)
+    assert q.dtype == dtype and q.absmax.dtype == torch.float32
+    out = dequantize_4bit(q)
+    assert out.dtype == dtype and out.shape == x.shape
+    ref = dequantize_4bit(quantize_4bit(x.float(), 64))
+    assert torch.equal(out, ref.to(dtype))
+
+
+def test_out_argument():
+    x = randn(8, 64, seed=2)
+    q = quantize_4bit(x)
+    out = torch.full_like(x, float("nan"))
+    res = dequantize_4bit(q, out=out)
+    assert res is out and torch.equal(out, dequantize_4bit(q))
+    # padded case and half precision go through a temporary
+    y = randn(100, seed=2, dtype=torch.bfloat16)
+    qy = quantize_4bit(y)
+    out = torch.empty(100, dtype=torch.bfloat16)
+    assert torch.equal(dequantize_4bit(qy, out=out), dequantize_4bit(qy))
+    with pytest.raises(ValueError, match="out"):
+        dequantize_4bit(q, out=torch.empty(8, 65))
+    with pytest.raises(ValueError, match="out"):
+        dequantize_4bit(q, out=torch.empty(8, 64, dtype=torch.float64))
+
+
+def test_double_quant_round_trip():
+    from lora_edu.double_quant import QuantizedConstants
+
+    x = randn(64, 1024, seed=7)
+    q = quantize_4bit(x, 64, double_quant=True)
+    assert q.absmax is None and isinstance(q.absmax_dq, QuantizedConstants)
+    q_plain = quantize_4bit(x, 64)
+    assert torch.equal(q.packed, q_plain.packed)  # DQ touches only the constants
+    out = dequantize_4bit(q)
+    ref = dequantize_4bit(q_plain)
+    rmse_dq = float((out - x).pow(2).mean().sqrt())
+    rmse = float((ref - x).pow(2).mean().sqrt())
+    assert rmse_dq != rmse
+    assert abs(rmse_dq / rmse - 1) < 0.01
+    empty = quantize_4bit(torch.zeros(0), double_quant=True)
+    assert dequantize_4bit(empty).shape == (0,)
+
+
+def test_code_usage_and_entropy():
+    x = randn(1 << 16, seed=11)
+    q = quantize_4bit(x, 64)
+    counts = code_usage(q)
+    assert counts.shape == (16,) and int(counts.sum()) == x.numel()
+    h = entropy_bits(counts)
+    assert 3.5 < h < 4.0
+    # Int4 leaves its -8/7 code unused: at most log2(15) bits
+    c_int = code_usage(quantize_4bit(x, 64, int4_code()))
+    assert c_int[0] == 0
+    assert entropy_bits(c_int) <= math.log2(15)
+    assert entropy_bits(torch.ones(16)) == pytest.approx(4.0)
+    assert entropy_bits(torch.tensor([5.0, 0, 0])) == 0.0
+    with pytest.raises(ValueError, match="counts"):
+        entropy_bits(torch.zeros(16))
+
+
+def test_lloyd_max_beats_nf4_blockwise_at_64_and_expected_range():
+    x = randn(1 << 17, seed=13)
+    nf4 = quantization_error(x, 64, nf4_code())
+    lm = quantization_error(x, 64, lloyd_max_code())
+    int4 = quantization_error(x, 64, int4_code())
+    assert lm <= nf4 <= int4
+    assert 0.007 < nf4 < 0.0095 and 0.006 < lm < nf4
+
+
+def test_bad_input():
+    x = randn(64)
+    with pytest.raises(TypeError, match="x"):
+        quantize_4bit(torch.arange(64))
+    with pytest.raises(TypeError, match="x"):
+        quantize_4bit([1.0, 2.0])
+    for bs in (16, 48, 8192):
+        with pytest.raises(ValueError, match="blocksize"):
+            quantize_4bit(x, bs)
+    with pytest.raises(TypeError, match="blocksize"):
+        quantize_4bit(x, 64.0)
+    with pytest.raises(ValueError, match="code"):
+        quantize_4bit(x, 64, torch.linspace(-1, 1, 8))
+    with pytest.raises(ValueError, match="code"):
+        quantize_4bit(x, 64, nf4_code().flip(0))
+    for bad in (math.nan, math.inf, -math.inf):
+        y = x.clone()
+        y[5] = bad
+        with pytest.raises(ValueError, match="x"):
+            quantize_4bit(y)
+    with pytest.raises(TypeError, match="q"):
+        dequantize_4bit(x)
+    with pytest.raises(TypeError, match="double_quant"):
+        quantize_4bit(x, double_quant=1)
+    with pytest.raises(ValueError, match="blocksize2"):
+        quantize_4bit(x, double_quant=True, blocksize2=3)
+    q = quantize_4bit(x)
+    broken = QuantizedTensor(q.packed[:4], q.absmax, None, q.shape, q.dtype, q.blocksize, q.code)
+    with pytest.raises(ValueError, match="packed"):
+        dequantize_4bit(broken)
+
+
+def test_empty_tensor():
+    q = quantize_4bit(torch.empty(0, 5))
+    assert q.packed.numel() == 0 and q.absmax.numel() == 0
+    out = dequantize_4bit(q)
+    assert out.shape == (0, 5)
+
+
+def test_block_normalize_matches_quantizer_and_bounds():
+    x = randn(1000, seed=21)
+    v, absmax = block_normalize(x, 64)
+    assert v.shape == (16, 64) and absmax.shape == (16,)
+    assert float(v.abs().max()) <= 1.0 + 1e-7
+    assert torch.allclose(v.abs().amax(1)[:-1], torch.ones(15))
+    q = quantize_4bit(x, 64)
+    assert torch.equal(q.absmax, absmax)
+    with pytest.raises(ValueError, match="blocksize"):
+        block_normalize(x, 100)
+
+
+def test_empirical_lloyd_code_beats_nf4_on_its_blocksize():
+    train, test = randn(1 << 17, seed=31), randn(1 << 17, seed=32)
+    v, _ = block_normalize(train, 64)
+    code = lloyd_code_from_samples(v.reshape(-1))
+    assert code.shape == (16,) and bool((code[1:] > code[:-1]).all())
+    assert float(code.abs().max()) <= 1.0
+    assert quantization_error(test, 64, code) < quantization_error(test, 64, nf4_code())
+    with pytest.raises(ValueError, match="samples"):
+        lloyd_code_from_samples(torch.zeros(3))
+
+
+def _tie_probe(code):
+    """Values on, just above and just below every threshold, plus ±1 and random values."""
+    t = code_thresholds(code)
+    t = t[(t > -1) & (t < 1)]
+    up, down = torch.nextafter(t, torch.tensor(2.0)), torch.nextafter(t, torch.tensor(-2.0))
+    v = torch.cat([t, up, down, torch.tensor([-1.0, 1.0, 0.0, -0.0]), torch.rand(500) * 2 - 1])
+    n = -(-v.numel() // 64) * 64
+    x = torch.zeros(n)
+    x[: v.numel()] = v
+    x.view(-1, 64)[:, -1] = 1.0  # every block has absmax exactly 1, so v is quantized as given
+    return x
+
+
+@pytest.mark.parametrize("name", list(ALL_CODES) + ["close_levels"])
+def test_grid_search_equals_binary_search(name):
+    if name == "close_levels":  # thresholds closer than the 1/2048 grid: binary-search fallback
+        code = torch.linspace(-1, 1, 16)
+        code[8], code[9] = code[7] + 1e-5, code[7] + 2e-5
+        assert _grid_tables(code_thresholds(code)) is None
+    else:
+        code = ALL_CODES[name]
+        assert _grid_tables(code_thresholds(code)) is not None
+    x = _tie_probe(code)
+    q = quantize_4bit(x, 64, code)
+    ref = torch.bucketize(x, code_thresholds(code), right=False)
+    assert torch.equal(code_indices(q).long(), ref)
+
+
+def test_subnormal_absmax_block():
+    x = torch.full((64,), 1e-40)
+    x[3] = -2e-40
+    q = quantize_4bit(x, 64)
+    assert bool(torch.isfinite(dequantize_4bit(q)).all())
+    assert code_indices(q)[3].item() == 0 and code_indices(q)[0].item() == 12
+
+
+def test_code_with_levels_far_outside_the_unit_interval():
+    code = torch.cat([torch.tensor([-1e30, -5.0]), torch.linspace(-1, 1, 13), torch.tensor([1e30])])
+    x = _tie_probe(code)
+    assert _grid_tables(code_thresholds(code)) is not None
+    ref = torch.bucketize(x, code_thresholds(code), right=False)
+    assert torch.equal(code_indices(quantize_4bit(x, 64, code)).long(), ref)
