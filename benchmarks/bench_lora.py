@@ -1,0 +1,111 @@
+"""LoRA speed: bypass overhead, merge = zero latency, cheap merging, and a toy training step.
+
+Shapes (issue 3): float32, x of shape 8×128×4096, a 4096×4096 layer, r = 8, 2 threads. Every
+figure is a ratio against a baseline timed in the same run, interleaved.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from benchmarks.common import Result, check, interleaved_times
+from lora_edu.lora import LoRALinear, apply_lora
+from lora_edu.toy_data import downstream_task
+from lora_edu.training import pretrained_toy_model
+
+__all__ = ["run"]
+
+D = 4096
+R = 8
+
+
+def _layers() -> tuple[nn.Linear, LoRALinear, LoRALinear, torch.Tensor]:
+    torch.manual_seed(0)
+    base = nn.Linear(D, D).requires_grad_(False)
+    lora = LoRALinear(copy.deepcopy(base), R, 16)
+    merged = LoRALinear(copy.deepcopy(base), R, 16)
+    for layer in (lora, merged):
+        with torch.no_grad():
+            layer.lora_B.normal_(0, 0.01)
+    merged.merge()
+    x = torch.randn(8, 128, D)
+    return base, lora, merged, x
+
+
+def _forward_rows() -> list[Result]:
+    base, lora, merged, x = _layers()
+
+    def fwd(layer: nn.Module):
+        def f():
+            with torch.no_grad():
+                layer(x)
+        return f
+
+    t = interleaved_times({"base": fwd(base), "lora": fwd(lora), "merged": fwd(merged)},
+                          repeat=21)
+    rows = []
+    for key, target, name in (("lora", "<= 1.05", "unmerged LoRA forward (r=8)"),
+                              ("merged", "<= 1.03", "merged LoRA forward (same op; noise bound)")):
+        ratio = t[key] / t["base"]
+        rows.append(Result(name, ratio, "nn.Linear forward 4096x4096, x 8x128x4096", target,
+                           check(ratio, target)))
+
+    xg = x.clone().requires_grad_(True)
+
+    def fwd_bwd(layer: nn.Module):
+        def f():
+            xg.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            layer(xg).sum().backward()
+        return f
+
+    t = interleaved_times({"base": fwd_bwd(base), "lora": fwd_bwd(lora)}, repeat=7)
+    ratio = t["lora"] / t["base"]
+    rows.append(Result("LoRA forward+backward (grad x, A, B)", ratio,
+                       "frozen nn.Linear forward+backward (grad x)", "<= 1.30",
+                       check(ratio, "<= 1.30")))
+
+    def merge_unmerge():
+        lora.merge()
+        lora.unmerge()
+
+    t = interleaved_times({"merge": merge_unmerge, "fwd": fwd(base)}, repeat=11)
+    ratio = t["merge"] / 2 / t["fwd"]
+    rows.append(Result("merge() (fused addmm_, half of merge+unmerge)", ratio,
+                       "one nn.Linear forward", "<= 0.05", check(ratio, "<= 0.05")))
+    return rows
+
+
+def _toy_step_row() -> Result:
+    task = downstream_task()
+    x, y = task.x_train[:64], task.y_train[:64]
+    full, _ = pretrained_toy_model(seed=0)
+    full.reset_head(seed=0)
+    lora, _ = pretrained_toy_model(seed=0)
+    apply_lora(lora, ["q_proj", "v_proj"], r=4, alpha=8, seed=0)
+    lora.reset_head(seed=0)
+
+    def stepper(model: nn.Module):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def f():
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return f
+
+    fns = {"full": stepper(full), "lora": stepper(lora)}
+    t = interleaved_times(fns, repeat=41, warmup=5)
+    ratio = t["full"] / t["lora"]
+    return Result("toy transformer step: full FT / LoRA q,v r=4", ratio,
+                  "LoRA step (batch 64x16 tokens)", "> 1", check(ratio, "> 1"),
+                  note="paper at GPT-3 scale: 43.1/32.5 = 1.326")
+
+
+def run() -> list[Result]:
+    torch.set_num_threads(2)
+    return _forward_rows() + [_toy_step_row()]

@@ -1,0 +1,91 @@
+"""Sensitivity, the two EMAs and the triplet score (lora_edu.adalora_importance)."""
+
+import pytest
+import torch
+
+from lora_edu.adalora_importance import (
+    ImportanceTracker,
+    check_beta,
+    ema_update,
+    sensitivity,
+    triplet_scores,
+)
+
+
+def test_sensitivity_is_abs_product():
+    w = torch.tensor([1.0, -2.0, 0.5])
+    g = torch.tensor([3.0, 1.0, -4.0])
+    assert torch.equal(sensitivity(w, g), torch.tensor([3.0, 2.0, 2.0]))
+    with pytest.raises(ValueError, match="grad"):
+        sensitivity(w, g[:2])
+
+
+def test_uncertainty_uses_updated_mean_by_hand():
+    # one element, I_1 = 1, beta = 0.5: Ī_1 = 0.5, Ū_1 = 0.5·|1 − 0.5| = 0.25
+    # (with the *old* Ī_0 = 0 it would be 0.5)
+    i, u = ema_update(torch.zeros(1), torch.zeros(1), torch.ones(1), 0.5, 0.5)
+    assert i.item() == 0.5 and u.item() == 0.25
+    # step 2, I_2 = 3: Ī_2 = 0.25 + 1.5 = 1.75; Ū_2 = 0.125 + 0.5·1.25 = 0.75
+    i, u = ema_update(i, u, torch.tensor([3.0]), 0.5, 0.5)
+    assert i.item() == 1.75 and u.item() == 0.75
+
+
+def test_tracker_matches_manual_loop():
+    gen = torch.Generator().manual_seed(0)
+    b1, b2 = 0.85, 0.7
+    tracker = ImportanceTracker(b1, b2)
+    w = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    i_ref = [[0.0] * 4 for _ in range(3)]
+    u_ref = [[0.0] * 4 for _ in range(3)]
+    for _ in range(6):
+        g = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+        tracker.update("w", w, g)
+        for a in range(3):
+            for b in range(4):
+                s = abs(float(w[a, b]) * float(g[a, b]))
+                i_ref[a][b] = b1 * i_ref[a][b] + (1 - b1) * s
+                u_ref[a][b] = b2 * u_ref[a][b] + (1 - b2) * abs(s - i_ref[a][b])
+    i_ref_t = torch.tensor(i_ref, dtype=torch.float64)
+    u_ref_t = torch.tensor(u_ref, dtype=torch.float64)
+    torch.testing.assert_close(tracker.i_bar["w"], i_ref_t, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(tracker.u_bar["w"], u_ref_t, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(tracker.score("w"), i_ref_t * u_ref_t, rtol=1e-12, atol=1e-15)
+    assert tracker.n_updates["w"] == 6
+
+
+def test_tracker_equals_functional_form_and_none_grad():
+    tracker = ImportanceTracker(0.8, 0.9)
+    w, g = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 4.0])
+    tracker.update("w", w, g)
+    tracker.update("w", w, None)            # no gradient = zero sensitivity
+    i, u = ema_update(torch.zeros(2), torch.zeros(2), sensitivity(w, g), 0.8, 0.9)
+    i, u = ema_update(i, u, torch.zeros(2), 0.8, 0.9)
+    torch.testing.assert_close(tracker.i_bar["w"], i)
+    torch.testing.assert_close(tracker.u_bar["w"], u)
+    with pytest.raises(KeyError, match="nope"):
+        tracker.score("nope")
+    with pytest.raises(ValueError, match="shape"):
+        tracker.update("w", torch.zeros(3), torch.zeros(3))
+
+
+def test_triplet_score_constructed():
+    # r = 2, d = 3, k = 2
+    s_p = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 6.0]])    # column means: 2, 2
+    s_l = torch.tensor([10.0, 0.5])
+    s_q = torch.tensor([[4.0, 0.0], [1.0, 1.0]])                # row means: 2, 1
+    assert torch.equal(triplet_scores(s_p, s_l, s_q), torch.tensor([14.0, 3.5]))
+    with pytest.raises(ValueError, match="score_P"):
+        triplet_scores(s_p[:, :1], s_l, s_q)
+    with pytest.raises(ValueError, match="score_lambda"):
+        triplet_scores(s_p, s_l[None], s_q)
+
+
+@pytest.mark.parametrize("beta", [1.0, -0.1, 1.5])
+def test_bad_beta(beta):
+    with pytest.raises(ValueError, match="beta1"):
+        ImportanceTracker(beta1=beta)
+    with pytest.raises(ValueError, match="beta2"):
+        ImportanceTracker(beta2=beta)
+    with pytest.raises(ValueError, match="beta1"):
+        ema_update(torch.zeros(1), torch.zeros(1), torch.zeros(1), beta, 0.5)
+    assert check_beta("beta1", 0.0) == 0.0

@@ -1,0 +1,222 @@
+"""Tests of the toy transformer, the synthetic tasks and the training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lora_edu.injection import inject_adapters
+from lora_edu.toy_data import (
+    CLS,
+    Task,
+    downstream_task,
+    key_token,
+    make_field_task,
+    pretrain_task,
+    vocab_size_for,
+)
+from lora_edu.toy_model import TinyTransformer, ToyConfig
+from lora_edu.training import batch_order, evaluate, pretrained_toy_model, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one intra-op thread is as fast and immune to oversubscription."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_model_shapes_and_names():
+    cfg = ToyConfig(vocab_size=20, d_model=32, n_heads=4, n_layers=3, d_ff=64, max_len=12,
+                    n_classes=5)
+    model = TinyTransformer(cfg, seed=0)
+    x = torch.randint(0, 20, (7, 12))
+    assert model(x).shape == (7, 5)
+    assert len(model.blocks) == 3
+    for block in model.blocks:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            assert type(getattr(block.attn, name)) is nn.Linear
+        assert block.mlp.fc1.weight.shape == (64, 32)
+        assert block.mlp.fc2.weight.shape == (32, 64)
+
+
+def test_model_seed_is_deterministic_and_leaves_global_rng():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    a = TinyTransformer(seed=5)
+    assert torch.equal(torch.rand(3), expected)  # global generator untouched
+    b = TinyTransformer(seed=5)
+    c = TinyTransformer(seed=6)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_model_attends_beyond_position_zero():
+    model = TinyTransformer(seed=0)
+    x = torch.zeros(1, 8, dtype=torch.long)
+    y = x.clone()
+    y[0, 5] = 7
+    assert not torch.allclose(model(x), model(y))
+
+
+def test_bad_config_and_input():
+    with pytest.raises(ValueError, match="d_model"):
+        ToyConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="n_classes"):
+        ToyConfig(n_classes=1)
+    with pytest.raises(ValueError, match="dropout"):
+        ToyConfig(dropout=1.0)
+    with pytest.raises(TypeError, match="config"):
+        TinyTransformer({"d_model": 8})
+    model = TinyTransformer(seed=0)
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.zeros(1, 33, dtype=torch.long))
+    with pytest.raises(TypeError, match="tokens"):
+        model(torch.zeros(1, 4))
+
+
+def test_task_layout():
+    task = make_field_task(1, n_train=300, n_test=100, seq_len=10, seed=3)
+    assert task.x_train.shape == (300, 10) and task.x_test.shape == (100, 10)
+    assert task.n_classes == 4 and task.seq_len == 10
+    x = torch.cat([task.x_train, task.x_test])
+    y = torch.cat([task.y_train, task.y_test])
+    assert (x[:, 0] == CLS).all() and (x[:, 1:] != CLS).all()
+    assert int(x.max()) < vocab_size_for()
+    for row, label in zip(x, y, strict=True):
+        keys0 = [t for t in row.tolist() if 1 <= t < 9]
+        keys1 = [t for t in row.tolist() if 9 <= t < 17]
+        assert len(keys0) == 1 and len(keys1) == 1
+        assert keys1[0] in (key_token(1, int(label), 0), key_token(1, int(label), 1))
+    # determinism and seed dependence
+    again = make_field_task(1, n_train=300, n_test=100, seq_len=10, seed=3)
+    assert torch.equal(again.x_train, task.x_train)
+    other = make_field_task(1, n_train=300, n_test=100, seq_len=10, seed=4)
+    assert not torch.equal(other.x_train, task.x_train)
+    # labels roughly balanced, and the two fields' classes independent
+    counts = torch.bincount(y, minlength=4).float() / y.numel()
+    assert (counts - 0.25).abs().max() < 0.08
+
+
+def test_task_bad_arguments():
+    with pytest.raises(ValueError, match="field"):
+        make_field_task(2)
+    with pytest.raises(ValueError, match="seq_len"):
+        make_field_task(0, seq_len=2)
+    with pytest.raises(TypeError, match="seed"):
+        make_field_task(0, seed=0.5)
+    with pytest.raises(ValueError, match="y_train"):
+        Task(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 5]),
+             torch.zeros(1, 3, dtype=torch.long), torch.tensor([0]), 4, "bad")
+
+
+def test_batch_order_is_seeded_permutation():
+    order = batch_order(10, steps=4, batch_size=5, seed=1)
+    assert order.shape == (4, 5)
+    assert sorted(order[:2].flatten().tolist()) == list(range(10))
+    assert torch.equal(order, batch_order(10, 4, 5, seed=1))
+    assert not torch.equal(order, batch_order(10, 4, 5, seed=2))
+
+
+def test_train_is_deterministic_and_calls_hooks():
+    task = make_field_task(0, n_train=256, n_test=128, seed=0)
+    calls = []
+
+    def after(step, model):
+        assert model.head.weight.grad is not None
+        calls.append(step)
+
+    def run():
+        model = TinyTransformer(seed=0)
+        hist = train(model, task, steps=6, lr=1e-3, batch_size=32, eval_every=3,
+                     after_backward=after, extra_loss=lambda m: m.head.weight.pow(2).sum() * 0)
+        return model, hist
+
+    m1, h1 = run()
+    assert calls == [1, 2, 3, 4, 5, 6]
+    m2, h2 = run()
+    assert h1.loss == h2.loss and len(h1.loss) == 6
+    assert h1.eval_steps == [0, 3, 6] and h1.test_accuracy == h2.test_accuracy
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters(), strict=True))
+
+
+def test_extra_loss_is_added():
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    h0 = train(TinyTransformer(seed=0), task, steps=1, lr=1e-3)
+    h1 = train(TinyTransformer(seed=0), task, steps=1, lr=1e-3,
+               extra_loss=lambda m: torch.tensor(2.5))
+    assert h1.loss[0] == pytest.approx(h0.loss[0] + 2.5)
+
+
+def test_train_only_given_params_change():
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    model = TinyTransformer(seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, task, steps=3, lr=1e-2, params=model.head.parameters())
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]) != n.startswith("head."), n
+
+
+def test_train_bad_arguments():
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    model = TinyTransformer(seed=0)
+    with pytest.raises(ValueError, match="steps"):
+        train(model, task, steps=-1, lr=1e-3)
+    with pytest.raises(ValueError, match="lr"):
+        train(model, task, steps=1, lr=0.0)
+    with pytest.raises(TypeError, match="task"):
+        train(model, "task", steps=1, lr=1e-3)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="params"):
+        train(model, task, steps=1, lr=1e-3)
+
+
+def test_pretrained_model_solves_pretraining_not_downstream():
+    model, task = pretrained_toy_model(seed=0)
+    assert task.name.startswith("pretrain")
+    assert evaluate(model, task) > 0.95
+    down = downstream_task()
+    assert evaluate(model, down) < 0.4  # labels independent of what it learnt: near chance 0.25
+    again, _ = pretrained_toy_model(seed=0)
+    assert again is not model
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(),
+                                                 strict=True))
+
+
+def test_downstream_needs_more_than_a_new_head():
+    """Frozen body + fresh head stays near chance; a small trainable q,v bypass does not."""
+    down = downstream_task(n_train=1024, n_test=512)
+    frozen, _ = pretrained_toy_model(seed=0)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    frozen.reset_head(seed=0)
+    acc_frozen = train(frozen, down, steps=150, lr=1e-2).final_accuracy
+
+    class Bypass(nn.Module):  # rank-2 update, B = 0 at init (LoRA itself is tested elsewhere)
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.a = nn.Parameter(torch.randn(2, base.in_features) / 8)
+            self.b = nn.Parameter(torch.zeros(base.out_features, 2))
+
+        def forward(self, x):
+            return self.base(x) + (x @ self.a.T) @ self.b.T
+
+    adapted, _ = pretrained_toy_model(seed=0)
+    torch.manual_seed(0)
+    inject_adapters(adapted, ["q_proj", "v_proj"], Bypass)
+    adapted.reset_head(seed=0)
+    acc_adapted = train(adapted, down, steps=150, lr=1e-2).final_accuracy
+    assert acc_frozen < 0.35
+    assert acc_adapted > acc_frozen + 0.3
+
+
+def test_pretrain_task_is_field_zero():
+    t = pretrain_task(n_train=50, n_test=10)
+    keys = torch.where((t.x_train >= 1) & (t.x_train < 9), t.x_train, torch.zeros_like(t.x_train))
+    assert torch.equal((keys.sum(1) - 1) % 4, t.y_train)
