@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-export PYTHONHASHSEED=0 MPLBACKEND=Agg
+export PYTHONHASHSEED=0
 
 run_pytest() {  # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
   local rc=0
