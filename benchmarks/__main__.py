@@ -19,7 +19,7 @@ def discover(filters: list[str]) -> list[str]:
 
 
 def format_table(rows: list[Result]) -> str:
-    header = f"{'benchmark':<52} {'ratio':>9}  {'target':<8} {'ok':<4} baseline / note"
+    header = f"{'benchmark':<52} {'figure':>9}  {'target':<8} {'ok':<4} baseline / note"
     lines = [header, "-" * len(header)]
     for r in rows:
         ok = {None: "", True: "yes", False: "NO"}[r.ok]

@@ -14,7 +14,8 @@ THREADS = 2
 
 @dataclass(frozen=True)
 class Result:
-    """One row of the table: ``ratio`` = measured time (or throughput) / baseline's, same run.
+    """One row of the table. ``ratio`` is the figure shown: a time ratio against a baseline
+    measured in the same run, or a throughput whose same-run reference the baseline text gives.
 
     ``target`` is a predicate's text such as ``"<= 1.05"``; ``ok`` says whether it held
     (``None`` when the row only reports a figure).

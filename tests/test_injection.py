@@ -10,15 +10,6 @@ from lora_edu.injection import count_parameters, find_linear_targets, inject_ada
 from lora_edu.toy_model import TinyTransformer, ToyConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscription."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Wrap(nn.Module):
     """A minimal adapter: the frozen base plus one trainable scalar."""
 

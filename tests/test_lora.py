@@ -23,15 +23,6 @@ from lora_edu.lora import (
 from lora_edu.toy_model import TinyTransformer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscription."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def trained_layer(d=24, k=16, r=4, alpha=8.0, dtype=torch.float64, **kw) -> LoRALinear:
     """A LoRA layer whose B is non-zero (as after training)."""
     torch.manual_seed(0)

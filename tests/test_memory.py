@@ -27,15 +27,6 @@ from lora_edu.memory import (
 from lora_edu.toy_model import TinyTransformer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscription."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_gpt3_trainable_parameter_counts():
     assert lora_trainable_params(GPT3_175B, r=1) == 4_718_592
     assert lora_trainable_params(GPT3_175B, r=4) == 18_874_368

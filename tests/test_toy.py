@@ -20,15 +20,6 @@ from lora_edu.toy_model import TinyTransformer, ToyConfig
 from lora_edu.training import batch_order, evaluate, pretrained_toy_model, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one intra-op thread is as fast and immune to oversubscription."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_model_shapes_and_names():
     cfg = ToyConfig(vocab_size=20, d_model=32, n_heads=4, n_layers=3, d_ff=64, max_len=12,
                     n_classes=5)
