@@ -22,15 +22,9 @@ PEFT's ``target_r`` is an *average rank per adapted matrix*; the budget here is 
 
 from __future__ import annotations
 
+from lora_edu.validation import check_int
+
 __all__ = ["budget_schedule", "validate_schedule", "budget_from_average_rank"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def validate_schedule(total_steps: int, init_budget: int, target_budget: int, t_init: int,
@@ -41,11 +35,11 @@ def validate_schedule(total_steps: int, init_budget: int, target_budget: int, t_
     ``t_init, t_final >= 0`` and ``t_init + t_final < total_steps`` (otherwise the cubic phase
     has no length and its denominator T − t_i − t_f is not positive).
     """
-    _check_int("total_steps", total_steps, 1)
-    _check_int("init_budget", init_budget, 1)
-    _check_int("target_budget", target_budget, 1)
-    _check_int("t_init", t_init, 0)
-    _check_int("t_final", t_final, 0)
+    check_int("total_steps", total_steps, 1)
+    check_int("init_budget", init_budget, 1)
+    check_int("target_budget", target_budget, 1)
+    check_int("t_init", t_init, 0)
+    check_int("t_final", t_final, 0)
     if target_budget > init_budget:
         raise ValueError(f"target_budget ({target_budget}) must be <= init_budget "
                          f"({init_budget}): the schedule only removes triplets")
@@ -80,7 +74,7 @@ def budget_schedule(step: int, total_steps: int, init_budget: int, target_budget
         Invalid schedule (see :func:`validate_schedule`) or ``step`` outside ``[0, T]``.
     """
     validate_schedule(total_steps, init_budget, target_budget, t_init, t_final)
-    _check_int("step", step, 0)
+    check_int("step", step, 0)
     if step > total_steps:
         raise ValueError(f"step must be <= total_steps ({total_steps}), got {step}")
     if step <= t_init:
@@ -99,6 +93,6 @@ def budget_from_average_rank(average_rank: int, n_matrices: int) -> int:
     ``budget = average_rank × n_matrices``; e.g. ``target_r = 8`` over 12 layers × 6 matrices is a
     budget of 576 triplets, which the allocator may spread unevenly.
     """
-    _check_int("average_rank", average_rank, 1)
-    _check_int("n_matrices", n_matrices, 1)
+    check_int("average_rank", average_rank, 1)
+    check_int("n_matrices", n_matrices, 1)
     return average_rank * n_matrices

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lora_edu.validation import check_int
+
 __all__ = ["Task", "CLS", "key_token", "vocab_size_for", "make_field_task", "pretrain_task",
            "downstream_task"]
 
@@ -51,14 +53,6 @@ class Task:
     def seq_len(self) -> int:
         """Length of every sequence (CLS included)."""
         return int(self.x_train.shape[1])
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def key_token(field: int, cls: int, copy: int = 0, n_classes: int = 4,
@@ -94,17 +88,17 @@ def make_field_task(field: int, *, n_fields: int = 2, n_classes: int = 4, keys_p
     seed:
         The data are a deterministic function of the arguments (``torch.Generator`` seeded here).
     """
-    _check_int("n_fields", n_fields, 1)
-    _check_int("field", field, 0)
+    check_int("n_fields", n_fields, 1)
+    check_int("field", field, 0)
     if field >= n_fields:
         raise ValueError(f"field must be < n_fields={n_fields}, got {field}")
-    _check_int("n_classes", n_classes, 2)
-    _check_int("keys_per_class", keys_per_class, 1)
-    _check_int("n_filler", n_filler, 1)
-    _check_int("seq_len", seq_len, n_fields + 1)
-    _check_int("n_train", n_train, 1)
-    _check_int("n_test", n_test, 1)
-    _check_int("seed", seed, 0)
+    check_int("n_classes", n_classes, 2)
+    check_int("keys_per_class", keys_per_class, 1)
+    check_int("n_filler", n_filler, 1)
+    check_int("seq_len", seq_len, n_fields + 1)
+    check_int("n_train", n_train, 1)
+    check_int("n_test", n_test, 1)
+    check_int("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     n = n_train + n_test
     filler0 = vocab_size_for(n_fields, n_classes, keys_per_class, 0)
