@@ -142,3 +142,11 @@ def test_bibliography_has_the_four_papers():
     for needle in ("2106.09685", "2305.14314", "2303.10512", "houlsby2019parameter",
                    "eckart1936approximation"):
         assert needle in bib
+
+
+def test_readme_python_example_runs(capsys):
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert examples, "the README has no python example"
+    for code in examples:
+        exec(compile(code, "README.md", "exec"), {})
