@@ -31,7 +31,12 @@ CLS = 0
 
 @dataclass(frozen=True)
 class Task:
-    """A classification task: integer token ids ``x_*`` (n, seq) and labels ``y_*`` (n,)."""
+    """A classification task: inputs ``x_*`` (n, m) and labels ``y_*`` (n,).
+
+    For the toy transformer ``x_*`` holds integer token ids (m = sequence length); any model that
+    maps an (n, m) batch to logits works with :func:`lora_edu.training.train` (chapter 1 uses
+    float feature vectors).
+    """
 
     x_train: Tensor
     y_train: Tensor
