@@ -10,8 +10,9 @@ optimizer step (AdaLoRA's importance scores and pruning, source §3.2 (2)).
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,8 @@ from torch import Tensor, nn
 from lora_edu.toy_data import Task, pretrain_task, vocab_size_for
 from lora_edu.toy_model import TinyTransformer, ToyConfig
 
-__all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "batch_order"]
+__all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "batch_order",
+           "SeedStats", "run_seeds", "compare_seeds"]
 
 
 @dataclass
@@ -196,3 +198,123 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
     model = TinyTransformer(config, seed=seed)
     model.load_state_dict(state)
     return model, task
+
+
+@dataclass(frozen=True)
+class SeedStats:
+    """One measurement repeated over several seeds: the values and their mean and spread.
+
+    A toy training result depends on the seed (initialisation, batch order) and, in its last
+    digits, on the CPU's floating-point kernels. The book therefore reports every training result
+    as ``mean ± std`` with the ``[min, max]`` range, and calls one method better than another only
+    when the ranges do not overlap (:func:`compare_seeds`).
+    """
+
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) != len(self.values) or not self.values:
+            raise ValueError(f"seeds and values must be non-empty and of equal length, got "
+                             f"{len(self.seeds)} and {len(self.values)}")
+        if not all(math.isfinite(v) for v in self.values):
+            raise ValueError(f"values must be finite, got {self.values}")
+
+    @property
+    def n(self) -> int:
+        """Number of seeds."""
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        """Arithmetic mean over the seeds."""
+        return math.fsum(self.values) / self.n
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (``ddof = 1``; 0 for a single seed)."""
+        if self.n < 2:
+            return 0.0
+        m = self.mean
+        return math.sqrt(math.fsum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def min(self) -> float:
+        """Smallest value over the seeds."""
+        return min(self.values)
+
+    @property
+    def max(self) -> float:
+        """Largest value over the seeds."""
+        return max(self.values)
+
+    @property
+    def spread(self) -> float:
+        """Range ``max − min`` over the seeds."""
+        return self.max - self.min
+
+    def fmt(self, decimals: int = 3) -> str:
+        """``"mean ± std [min, max]"`` with ``decimals`` digits.
+
+        Example: ``0.982 ± 0.010 [0.971, 0.990]``.
+        """
+        if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+            raise ValueError(f"decimals must be an int >= 0, got {decimals!r}")
+        d = decimals
+        return f"{self.mean:.{d}f} ± {self.std:.{d}f} [{self.min:.{d}f}, {self.max:.{d}f}]"
+
+    def __str__(self) -> str:
+        return self.fmt()
+
+
+def run_seeds(fn: Callable[[int], float | Mapping[str, float]],
+              seeds: Iterable[int] = (0, 1, 2)) -> SeedStats | dict[str, SeedStats]:
+    """Call ``fn(seed)`` for every seed and collect the results as :class:`SeedStats`.
+
+    ``fn`` returns one number (then one :class:`SeedStats` is returned) or a mapping of names to
+    numbers with the same keys for every seed (then a dict of :class:`SeedStats`, one per key).
+    The seeds are passed to ``fn``; what they seed (data order, adapter initialisation, …) is
+    ``fn``'s business.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    seed_list = list(seeds)
+    if not seed_list:
+        raise ValueError("seeds must contain at least one seed")
+    for s in seed_list:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise TypeError(f"seeds must hold ints, got {type(s).__name__}")
+    if len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct, got {seed_list}")
+    results = [fn(s) for s in seed_list]
+    if all(isinstance(r, Mapping) for r in results):
+        keys = list(results[0])
+        if any(list(r) != keys for r in results):
+            raise ValueError("fn must return the same keys for every seed")
+        return {k: SeedStats(tuple(seed_list), tuple(float(r[k]) for r in results))
+                for k in keys}
+    if any(isinstance(r, Mapping) for r in results):
+        raise TypeError("fn must return a number for every seed or a mapping for every seed")
+    return SeedStats(tuple(seed_list), tuple(float(r) for r in results))
+
+
+def compare_seeds(a: SeedStats, b: SeedStats, margin: float = 0.0) -> int:
+    """``+1`` if ``a`` is above ``b`` on every seed pair, ``-1`` if below, ``0`` within noise.
+
+    "Above" means the ranges do not overlap by more than ``margin``: ``a.min > b.max + margin``.
+    A positive ``margin`` guards a conclusion against the small shifts another CPU's kernels can
+    cause. Anything else is reported as within noise: the difference of the means does not exceed
+    the spread of the seeds.
+    """
+    for name, value in (("a", a), ("b", b)):
+        if not isinstance(value, SeedStats):
+            raise TypeError(f"{name} must be a SeedStats, got {type(value).__name__}")
+    if isinstance(margin, bool) or not isinstance(margin, int | float):
+        raise TypeError(f"margin must be a number, got {type(margin).__name__}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    if a.min > b.max + margin:
+        return 1
+    if b.min > a.max + margin:
+        return -1
+    return 0

@@ -211,3 +211,74 @@ def test_pretrain_task_is_field_zero():
     t = pretrain_task(n_train=50, n_test=10)
     keys = torch.where((t.x_train >= 1) & (t.x_train < 9), t.x_train, torch.zeros_like(t.x_train))
     assert torch.equal((keys.sum(1) - 1) % 4, t.y_train)
+
+
+def test_seed_stats_against_numpy():
+    import numpy as np
+
+    from lora_edu.training import SeedStats
+    vals = (0.91, 0.95, 0.87, 0.99)
+    st = SeedStats((0, 1, 2, 3), vals)
+    assert st.n == 4
+    assert abs(st.mean - np.mean(vals)) < 1e-15
+    assert abs(st.std - np.std(vals, ddof=1)) < 1e-15
+    assert (st.min, st.max) == (0.87, 0.99) and abs(st.spread - 0.12) < 1e-15
+    assert st.fmt(2) == "0.93 ± 0.05 [0.87, 0.99]"
+    assert SeedStats((5,), (0.5,)).std == 0.0
+    with pytest.raises(ValueError, match="seeds"):
+        SeedStats((0, 1), (0.5,))
+    with pytest.raises(ValueError, match="values"):
+        SeedStats((0,), (float("nan"),))
+    with pytest.raises(ValueError, match="decimals"):
+        st.fmt(-1)
+
+
+def test_run_seeds_calls_each_seed_once_and_collects():
+    from lora_edu.training import SeedStats, run_seeds
+    calls = []
+
+    def fn(seed):
+        calls.append(seed)
+        return seed * 0.5
+
+    st = run_seeds(fn, seeds=[3, 1, 2])
+    assert calls == [3, 1, 2]
+    assert isinstance(st, SeedStats) and st.seeds == (3, 1, 2) and st.values == (1.5, 0.5, 1.0)
+    many = run_seeds(lambda s: {"acc": s / 10, "loss": 1.0 - s / 10}, seeds=range(3))
+    assert set(many) == {"acc", "loss"} and many["loss"].values == (1.0, 0.9, 0.8)
+    with pytest.raises(TypeError, match="fn"):
+        run_seeds(3)
+    with pytest.raises(ValueError, match="seeds"):
+        run_seeds(fn, seeds=[])
+    with pytest.raises(ValueError, match="seeds"):
+        run_seeds(fn, seeds=[1, 1])
+    with pytest.raises(TypeError, match="seeds"):
+        run_seeds(fn, seeds=[1.0])
+    with pytest.raises(ValueError, match="keys"):
+        run_seeds(lambda s: {"a": 1.0} if s else {"b": 1.0}, seeds=[0, 1])
+
+
+def test_run_seeds_of_a_real_training_is_deterministic():
+    from lora_edu.training import run_seeds
+
+    def fn(seed):
+        model = TinyTransformer(ToyConfig(vocab_size=vocab_size_for()), seed=seed)
+        task = downstream_task()
+        return train(model, task, steps=3, lr=1e-3, seed=seed, eval_every=0).final_accuracy
+
+    a, b = run_seeds(fn, seeds=(0, 1)), run_seeds(fn, seeds=(0, 1))
+    assert a == b
+
+
+def test_compare_seeds_needs_separated_ranges():
+    from lora_edu.training import SeedStats, compare_seeds
+    hi = SeedStats((0, 1, 2), (0.90, 0.92, 0.95))
+    lo = SeedStats((0, 1, 2), (0.80, 0.85, 0.89))
+    overlap = SeedStats((0, 1, 2), (0.70, 0.91, 0.99))
+    assert compare_seeds(hi, lo) == 1 and compare_seeds(lo, hi) == -1
+    assert compare_seeds(hi, overlap) == 0 and compare_seeds(overlap, lo) == 0
+    assert compare_seeds(hi, lo, margin=0.02) == 0          # 0.90 - 0.89 < 0.02
+    with pytest.raises(TypeError, match="a"):
+        compare_seeds(0.9, lo)
+    with pytest.raises(ValueError, match="margin"):
+        compare_seeds(hi, lo, margin=-1)
