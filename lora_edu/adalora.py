@@ -138,7 +138,8 @@ class SVDLinear(nn.Module):
         self.mask_pending = False
 
     def delta_weight(self) -> Tensor:
-        """ΔW = s·P·diag(λ)·Q, shape (d, k) (λ as stored; pruned entries are zero once masked)."""
+        """s·ΔW = s·P·diag(λ)·Q, shape (d, k), what merging adds (λ as stored; pruned entries are
+        zero once masked)."""
         return self.scaling * (self.lora_P * self.lora_lambda) @ self.lora_Q
 
     def forward(self, x: Tensor) -> Tensor:

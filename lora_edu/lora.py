@@ -130,7 +130,7 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def delta_weight(self) -> Tensor:
-        """ΔW = s·B·A, shape (d, k) — the matrix that :meth:`merge` adds to W0."""
+        """s·ΔW = s·B·A, shape (d, k): the scaled update that :meth:`merge` adds to W0."""
         return self.scaling * (self.lora_B @ self.lora_A)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
-echo "== building the book"
-.venv/bin/jupyter-book build . --keep-going
-echo "Open $(pwd)/_build/html/index.html"
+echo "== building the book (the notebooks' stored, test-checked outputs; nothing is re-executed)"
+.venv/bin/jupyter-book build . --keep-going -q
+echo "== done: open $(pwd)/_build/html/index.html"

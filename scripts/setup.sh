@@ -8,6 +8,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-echo "== installing requirements.txt and lora_edu (editable)"
+echo "== installing the pinned packages of requirements.txt and lora_edu (editable) into .venv"
+echo "   (first run: about a minute, torch and Jupyter Book are large; later runs: seconds)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -e . \
   2> >(grep -v "^WARNING: Location" >&2)

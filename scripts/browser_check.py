@@ -1,0 +1,306 @@
+"""Load every page of the built book in headless Chromium, offline, and check what a reader sees.
+
+For each HTML page of ``_build/html`` (served from 127.0.0.1; every other host is unresolvable):
+
+* every math element was typeset by MathJax (no raw ``\\(``, ``\\[``, ``$$`` left, no MathJax error)
+  and MathJax output is present where the page has math;
+* every ``<img>`` loaded with a non-zero natural size;
+* no element of the main column is wider than the column (code cells and tables may scroll
+  inside a visible scroll box; equations may not);
+* every link inside the book points to an existing page and, if it has one, an existing anchor;
+* every Chinese character is drawn with a CJK font (no missing-glyph boxes);
+* no request left the machine.
+
+A screenshot of the top of each page goes to ``_build/screenshots/``. Uses the Chrome DevTools
+Protocol over a websocket (``websocket-client``), no browser download. Exit status 1 on any failure.
+
+Usage: ``python scripts/browser_check.py [--html _build/html] [--chromium chromium]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import websocket
+
+WIDTH, HEIGHT = 1280, 900
+CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
+
+MEASURE_JS = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    await MathJax.startup.promise;
+  }
+  await document.fonts.ready;
+  const art = document.querySelector('article.bd-article') || document.querySelector('main');
+  const box = art.getBoundingClientRect();
+  const cs = getComputedStyle(art);
+  const col = {left: box.left + parseFloat(cs.paddingLeft),
+               right: box.right - parseFloat(cs.paddingRight)};
+  col.width = col.right - col.left;
+  const skip = el => el.closest('mjx-assistive-mml, script, style, .headerlink');
+  // math
+  const maths = [...art.querySelectorAll('.math')];
+  const untypeset = maths.filter(m => !m.querySelector('mjx-container'))
+                         .map(m => m.textContent.slice(0, 60));
+  const errors = [...art.querySelectorAll('mjx-merror')].map(e => e.textContent.slice(0, 60));
+  const raw = [];
+  const walker = document.createTreeWalker(art, NodeFilter.SHOW_TEXT);
+  const rawPattern = /\\\(|\\\[|\$\$|(^|[^\\])\$[^$\s][^$]*[^\s\\]\$/;
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const p = n.parentElement;
+    if (!p || p.closest('pre, code, script, style, mjx-container, textarea, .output')) continue;
+    if (rawPattern.test(n.textContent)) raw.push(n.textContent.trim().slice(0, 80));
+  }
+  // images
+  const badImages = [...document.images]
+    .filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0))
+    .map(i => i.getAttribute('src'));
+  // widths
+  let widest = {width: 0, what: ''};
+  const overflows = [];
+  const over = new Set();
+  for (const el of art.querySelectorAll('*')) {
+    if (skip(el)) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    // inside a box that scrolls visibly (code cells, output areas, tables)?
+    let scrolled = false;
+    for (let p = el.parentElement; p && p !== art; p = p.parentElement) {
+      const ox = getComputedStyle(p).overflowX;
+      if ((ox === 'auto' || ox === 'scroll') && p.scrollWidth > p.clientWidth + 1) {
+        scrolled = !el.closest('mjx-container, .math');
+        break;
+      }
+    }
+    if (!scrolled && r.width > widest.width) {
+      widest = {width: Math.round(r.width), what: el.tagName.toLowerCase() + '.' +
+                [...el.classList].join('.')};
+    }
+    if (r.right <= col.right + 1 && r.left >= col.left - 1) continue;
+    if (!scrolled) {
+      over.add(el);
+      if (el.parentElement && over.has(el.parentElement)) continue;  // report the outermost
+      overflows.push(el.tagName.toLowerCase() + '.' + [...el.classList].join('.') + ' ' +
+                     Math.round(r.width) + 'px: ' + el.textContent.trim().slice(0, 50));
+    }
+  }
+  // links
+  const links = [...document.querySelectorAll('a[href]')].map(a => a.href);
+  // elements whose own text holds Chinese characters
+  let k = 0;
+  for (const el of art.querySelectorAll('*')) {
+    if (skip(el)) continue;
+    const own = [...el.childNodes].filter(c => c.nodeType === 3).map(c => c.textContent).join('');
+    if (/[\u3400-\u4dbf\u4e00-\u9fff]/.test(own)) el.setAttribute('data-cjk-check', String(k++));
+  }
+  return {column: Math.round(col.width), mathCount: maths.length,
+          mjx: art.querySelectorAll('mjx-container').length, untypeset, errors, raw,
+          badImages, widest, overflows: overflows.slice(0, 10), nOverflows: overflows.length,
+          links, cjkElements: k};
+})()
+"""
+
+
+class CDP:
+    """A minimal Chrome DevTools Protocol client: commands and the events seen meanwhile."""
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws = websocket.create_connection(ws_url, timeout=120, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def wait_event(self, name: str, timeout: float = 60.0) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for i, ev in enumerate(self.events):
+                if ev.get("method") == name:
+                    return self.events.pop(i)
+            self.ws.settimeout(max(0.1, deadline - time.time()))
+            self.events.append(json.loads(self.ws.recv()))
+        raise TimeoutError(name)
+
+
+def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # noqa: D102 - silence the access log
+        pass
+
+
+def start_chromium(binary: str, profile: str) -> tuple[subprocess.Popen, int]:
+    args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-dev-shm-usage", "--disable-extensions", "--hide-scrollbars",
+            "--remote-debugging-port=0", f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "about:blank"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = Path(profile) / "DevToolsActivePort"
+    for _ in range(300):
+        if port_file.exists() and port_file.read_text().strip():
+            return proc, int(port_file.read_text().split()[0])
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("chromium did not start (no DevToolsActivePort)")
+
+
+def anchors_of(path: Path, cache: dict[Path, set[str]]) -> set[str]:
+    if path not in cache:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        cache[path] = set(re.findall(r'\bid="([^"]+)"', text))
+    return cache[path]
+
+
+def check_links(links: list[str], page: Path, html: Path, origin: str,
+                cache: dict[Path, set[str]]) -> list[str]:
+    broken = []
+    for link in sorted(set(links)):
+        if not link.startswith(origin):
+            continue  # external: not part of the book
+        parsed = urllib.parse.urlparse(link)
+        rel = urllib.parse.unquote(parsed.path).lstrip("/")
+        target = html / rel
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            broken.append(f"{link} (no such page)")
+        elif parsed.fragment and target.suffix == ".html":
+            if urllib.parse.unquote(parsed.fragment) not in anchors_of(target, cache):
+                broken.append(f"{link} (no anchor #{parsed.fragment})")
+    return broken
+
+
+def check_cjk_fonts(cdp: CDP) -> list[str]:
+    root = cdp.call("DOM.getDocument", depth=-1)["root"]["nodeId"]
+    nodes = cdp.call("DOM.querySelectorAll", nodeId=root, selector="[data-cjk-check]")["nodeIds"]
+    missing = []
+    for node in nodes:
+        text = cdp.call("DOM.getOuterHTML", nodeId=node)["outerHTML"]
+        own = re.sub(r"<[^>]+>.*?</[^>]+>|<[^>]+>", "", text, flags=re.S)
+        need = len(CJK.findall(own))
+        fonts = cdp.call("CSS.getPlatformFontsForNode", nodeId=node)["fonts"]
+        got = sum(f["glyphCount"] for f in fonts if "CJK" in f["familyName"])
+        if need and got < need:
+            names = ", ".join(f"{f['familyName']} ({f['glyphCount']})" for f in fonts)
+            missing.append(f"{own.strip()[:30]!r}: {need} CJK characters, fonts used: {names}")
+    return missing
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--html", default="_build/html", type=Path)
+    parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "chromium"))
+    parser.add_argument("--screenshots", default="_build/screenshots", type=Path)
+    args = parser.parse_args()
+    html = args.html.resolve()
+    binary = shutil.which(args.chromium)
+    if binary is None:
+        print(f"browser check: {args.chromium} not found", file=sys.stderr)
+        return 2
+    pages = sorted(p for p in html.rglob("*.html")
+                   if p.name not in ("genindex.html", "search.html") and "_static" not in p.parts)
+    if not pages:
+        print(f"browser check: no pages under {html}", file=sys.stderr)
+        return 2
+    args.screenshots.mkdir(parents=True, exist_ok=True)
+    server, port = serve(html)
+    origin = f"http://127.0.0.1:{port}/"
+    profile = tempfile.mkdtemp(prefix="lora-edu-chromium-")
+    proc, debug_port = start_chromium(binary, profile)
+    failures = 0
+    cache: dict[Path, set[str]] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json/list") as resp:
+            target = next(t for t in json.load(resp) if t["type"] == "page")
+        cdp = CDP(target["webSocketDebuggerUrl"])
+        for domain in ("Page", "Network", "Runtime", "DOM", "CSS"):
+            cdp.call(f"{domain}.enable")
+        cdp.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
+                 deviceScaleFactor=1, mobile=False)
+        print(f"{'page':<34}{'column':>8}{'widest':>8}{'math':>6}{'CJK':>6}  result")
+        for page in pages:
+            rel = page.relative_to(html).as_posix()
+            cdp.events.clear()
+            cdp.call("Page.navigate", url=origin + rel)
+            cdp.wait_event("Page.loadEventFired")
+            res = cdp.call("Runtime.evaluate", expression=MEASURE_JS, awaitPromise=True,
+                           returnByValue=True)
+            if "exceptionDetails" in res:
+                raise RuntimeError(f"{rel}: {res['exceptionDetails']}")
+            m = res["result"]["value"]
+            problems = []
+            if m["untypeset"] or m["errors"] or m["raw"]:
+                problems.append(f"math not typeset: {m['untypeset'][:3]} errors {m['errors'][:3]}"
+                                f" raw {m['raw'][:3]}")
+            if m["mathCount"] and not m["mjx"]:
+                problems.append("no MathJax output on a page with math")
+            if m["badImages"]:
+                problems.append(f"images not loaded: {m['badImages'][:5]}")
+            if m["nOverflows"]:
+                problems.append(f"{m['nOverflows']} element(s) wider than the column: "
+                                f"{m['overflows'][:3]}")
+            broken = check_links(m["links"], page, html, origin, cache)
+            if broken:
+                problems.append(f"broken links: {broken[:5]}")
+            if m["cjkElements"]:
+                tofu = check_cjk_fonts(cdp)
+                if tofu:
+                    problems.append(f"CJK text without a CJK font: {tofu[:3]}")
+            outside = sorted({ev["params"]["request"]["url"] for ev in cdp.events
+                              if ev.get("method") == "Network.requestWillBeSent"
+                              and not ev["params"]["request"]["url"].startswith(
+                                  (origin, "data:", "blob:"))})
+            if outside:
+                problems.append(f"requests outside the book: {outside[:5]}")
+            shot = cdp.call("Page.captureScreenshot", format="png")["data"]
+            name = rel.replace("/", "_").removesuffix(".html") + ".png"
+            (args.screenshots / name).write_bytes(base64.b64decode(shot))
+            status = "ok" if not problems else "FAIL"
+            print(f"{rel:<34}{m['column']:>8}{m['widest']['width']:>8}{m['mjx']:>6}"
+                  f"{m['cjkElements']:>6}  {status}")
+            for p in problems:
+                print(f"    {p}")
+            failures += bool(problems)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.shutdown()
+        shutil.rmtree(profile, ignore_errors=True)
+    print(f"browser check: {len(pages)} pages, {failures} with problems; screenshots in "
+          f"{args.screenshots}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
