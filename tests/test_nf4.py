@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from scipy.stats import entropy as scipy_entropy
 
 from lora_edu.nf4 import (
     QuantizedTensor,
@@ -32,6 +33,12 @@ ALL_CODES = {
     "nf4": nf4_code(), "int4": int4_code(), "fp4": fp4_code(), "fp4_bnb": fp4_code("bnb"),
     "lloyd_max": lloyd_max_code(), "nf4_sym": normal_float_code(4, symmetric=True),
 }
+
+
+# Half the widest gap of QLoRA's published NF4 table: the outermost negative gap, -1 -> -0.6961928
+# (the negative half has one level fewer than the positive half). Chapter 4's per-block error bound
+# is this times the block's absmax.
+HALF_WIDEST_NF4_GAP = (1 - 0.6961928009986877) / 2  # 0.1519
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -112,8 +119,27 @@ def test_shapes_and_padding(shape):
     assert q.absmax.shape == (-(-n // 32),) and q.absmax.dtype == torch.float32
     out = dequantize_4bit(q)
     assert out.shape == torch.Size(shape)
-    if n:
-        assert float((out - x).abs().max()) <= 0.17 * float(x.abs().max())
+    if n:  # per block: |x - x_hat| <= half the widest NF4 gap times the block's own absmax
+        nb = -(-n // 32)
+        padded, err = torch.zeros(nb * 32), torch.zeros(nb * 32)
+        padded[:n], err[:n] = x.reshape(-1), (out - x).abs().reshape(-1)
+        block_absmax = padded.view(nb, 32).abs().amax(1, keepdim=True)
+        assert bool((err.view(nb, 32) <= (HALF_WIDEST_NF4_GAP + 1e-6) * block_absmax).all())
+
+
+def test_widest_nf4_gap_is_the_outer_negative_one_and_bounds_the_error():
+    gaps = nf4_code().double().diff()
+    assert int(gaps.argmax()) == 0
+    assert float(gaps.max()) / 2 == pytest.approx(HALF_WIDEST_NF4_GAP, abs=1e-7)
+    # Blocks with absmax 1 (last element) sweeping [-1, 1]: the error never exceeds the bound and
+    # reaches it at the midpoint of the widest gap, so the bound is tight.
+    v = torch.linspace(-1, 1, 63 * 512)
+    x = torch.cat([v.view(512, 63), torch.ones(512, 1)], dim=1)
+    err = (dequantize_4bit(quantize_4bit(x, 64)) - x).abs()
+    assert float(err.max()) <= HALF_WIDEST_NF4_GAP + 1e-6
+    assert float(err.max()) > HALF_WIDEST_NF4_GAP - 1e-4
+    worst = float(x.reshape(-1)[int(err.argmax())])
+    assert -1 < worst < -0.6961928  # inside the outer negative gap
 
 
 def test_zero_blocks_decode_to_zero():
@@ -156,7 +182,7 @@ def test_out_argument():
 
 
 def test_double_quant_round_trip():
-    from lora_edu.double_quant import QuantizedConstants
+    from lora_edu.double_quant import QuantizedConstants, dequantize_constants
 
     x = randn(64, 1024, seed=7)
     q = quantize_4bit(x, 64, double_quant=True)
@@ -165,9 +191,12 @@ def test_double_quant_round_trip():
     assert torch.equal(q.packed, q_plain.packed)  # DQ touches only the constants
     out = dequantize_4bit(q)
     ref = dequantize_4bit(q_plain)
+    # decoded by hand: NF4 level of every index times its block's double-quantized constant
+    c_hat = dequantize_constants(q.absmax_dq)
+    by_hand = (q.code[code_indices(q).long()].view(-1, 64) * c_hat[:, None]).view(x.shape)
+    assert torch.equal(out, by_hand)
     rmse_dq = float((out - x).pow(2).mean().sqrt())
     rmse = float((ref - x).pow(2).mean().sqrt())
-    assert rmse_dq != rmse
     assert abs(rmse_dq / rmse - 1) < 0.01
     empty = quantize_4bit(torch.zeros(0), double_quant=True)
     assert dequantize_4bit(empty).shape == (0,)
@@ -179,7 +208,10 @@ def test_code_usage_and_entropy():
     counts = code_usage(q)
     assert counts.shape == (16,) and int(counts.sum()) == x.numel()
     h = entropy_bits(counts)
-    assert 3.5 < h < 4.0
+    assert h == pytest.approx(scipy_entropy(counts.numpy(), base=2), abs=1e-12)
+    # chapter 4: below 4 bits after absmax normalization, and lower for larger blocks
+    assert h < 4 - 0.05
+    assert entropy_bits(code_usage(quantize_4bit(x, 1024))) < h - 0.1
     # Int4 leaves its -8/7 code unused: at most log2(15) bits
     c_int = code_usage(quantize_4bit(x, 64, int4_code()))
     assert c_int[0] == 0

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.metadata
 import json
 import pkgutil
 import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 import lora_edu
 
@@ -123,7 +127,28 @@ def test_config_is_jupyter_book_1_with_execution_off():
     assert config["only_build_toc_files"] is True
     for pattern in (".*", "_build", ".venv", "tests", "benchmarks"):
         assert pattern in config["exclude_patterns"]
-    assert "jupyter-book>=1.0.4,<2" in (ROOT / "requirements.txt").read_text()
+
+
+def requirement_specifiers() -> dict:
+    """Package name -> version specifier of every requirement in requirements.txt."""
+    specs = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            specs[req.name.lower()] = req.specifier
+    return specs
+
+
+def test_requirements_pin_torch_and_jupyter_book_1():
+    specs = requirement_specifiers()
+    # torch: one exact pin (a range would pull a CUDA build), and it is the torch installed here
+    assert [(s.operator, s.version) for s in specs["torch"]] == [("==", "2.13.0")]
+    assert specs["torch"].contains(Version(torch.__version__).public)
+    # Jupyter Book 1.x: 2.x ignores _config.yml/_toc.yml; the installed one satisfies the range
+    jb = specs["jupyter-book"]
+    assert not jb.contains("2.0.0") and not jb.contains("2.0.0a1", prereleases=True)
+    assert jb.contains(importlib.metadata.version("jupyter-book"))
 
 
 def test_ci_runs_exactly_the_readme_test_command():
