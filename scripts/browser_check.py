@@ -229,7 +229,8 @@ def main() -> int:
         print(f"browser check: {args.chromium} not found", file=sys.stderr)
         return 2
     pages = sorted(p for p in html.rglob("*.html")
-                   if p.name not in ("genindex.html", "search.html") and "_static" not in p.parts)
+                   if p.name not in ("genindex.html", "search.html") and "_static" not in p.parts
+                   and 'http-equiv="Refresh"' not in p.read_text(errors="replace")[:300])
     if not pages:
         print(f"browser check: no pages under {html}", file=sys.stderr)
         return 2
