@@ -14,8 +14,7 @@ from torch import nn
 
 from benchmarks.common import Result, check, interleaved_times
 from lora_edu.lora import LoRALinear, apply_lora
-from lora_edu.toy_data import downstream_task
-from lora_edu.training import pretrained_toy_model
+from lora_edu.toy import downstream_task, pretrained_toy_model
 
 __all__ = ["run"]
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import Result, check, interleaved_times
-from lora_edu.nf4 import block_normalize, code_thresholds, dequantize_4bit, nf4_code, quantize_4bit
+from lora_edu.quant import (
+    block_normalize,
+    code_thresholds,
+    dequantize_4bit,
+    nf4_code,
+    quantize_4bit,
+)
 
 N = 16 * 2**20
 BLOCKSIZE = 64

@@ -1,14 +1,64 @@
 """lora_edu: the reference implementations behind the lora-edu book.
 
-One module per concept (see the README's chapter map)::
+One import path per public name — the concept's module or package::
 
-    from lora_edu.lowrank import best_rank_r        # chapter 1
-    from lora_edu.reproducibility import seed_everything
+    from lora_edu import seed_everything                       # every chapter
+    from lora_edu.lowrank import best_rank_r                    # chapter 1 (and 3)
+    from lora_edu.lora import LoRALinear, apply_lora            # chapter 2
+    from lora_edu.inject import count_parameters                # shared by all adapters
+    from lora_edu.memory import training_memory                 # chapter 2
+    from lora_edu.quant import quantize_4bit, nf4_code          # chapters 4 and 5
+    from lora_edu.adalora import RankAllocator                  # chapter 7
+    from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
+    from lora_edu.checks import check_int                       # argument checks
 
-Basic modules (low-rank, quantization) never import composite ones (QLoRA, AdaLoRA).
+Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``)
+never import composite ones (``lora``, ``toy``; ``adalora``).
 """
 
-from lora_edu.reproducibility import seed_everything
+from __future__ import annotations
 
-__all__ = ["seed_everything", "__version__"]
+import random
+
+import numpy as np
+import torch
+
+from lora_edu.checks import check_int
+
+__all__ = ["seed_everything", "DEFAULT_SEED", "DEFAULT_THREADS", "__version__"]
 __version__ = "0.1.0"
+
+DEFAULT_SEED = 0
+DEFAULT_THREADS = 2
+
+
+def seed_everything(seed: int = DEFAULT_SEED, threads: int | None = DEFAULT_THREADS,
+                    deterministic: bool = True) -> int:
+    """Seed Python's ``random``, NumPy's global generator and torch's, for a reproducible run.
+
+    Every notebook of the book calls it in its first code cell. It changes exactly these global
+    settings and nothing else:
+
+    * ``random.seed(seed)``, ``np.random.seed(seed)``, ``torch.manual_seed(seed)``;
+    * ``torch.set_num_threads(threads)`` unless ``threads`` is ``None`` (then the thread count is
+      left alone): a fixed count makes float reductions run in a fixed order;
+    * ``torch.use_deterministic_algorithms(True, warn_only=True)`` unless
+      ``deterministic=False``: torch then picks deterministic kernels where it has them and warns
+      where it has none.
+
+    Returns the seed, so a notebook can print what it used. Results are reproducible on one
+    machine; another CPU's kernels can still change the last bits (see the README).
+    """
+    seed = check_int("seed", seed, 0, 2**32 - 1)
+    if threads is not None:
+        threads = check_int("threads", threads, 1)
+    if not isinstance(deterministic, bool):
+        raise TypeError(f"deterministic must be a bool, got {type(deterministic).__name__}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return seed

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lora_edu.injection import count_parameters, find_linear_targets, inject_adapters
+from lora_edu.inject import count_parameters, find_linear_targets, inject_adapters  # noqa: F401 (TEMP)
 
 __all__ = [
     "LoRALinear",
@@ -35,7 +35,6 @@ __all__ = [
     "load_lora_state_dict",
     "save_lora",
     "load_lora",
-    "count_parameters",
     "INITS",
 ]
 

@@ -1,4 +1,4 @@
-"""Tests of lora_edu.double_quant and lora_edu.dq_arithmetic (double quantization, §4.2(2))."""
+"""Tests of lora_edu.quant and lora_edu.quant (double quantization, §4.2(2))."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from lora_edu.double_quant import (
+from lora_edu.quant import (
     CODE_NAMES,
     QuantizedConstants,
     bits_per_param,
@@ -306,10 +306,10 @@ def test_storage_of_constants_alone():
         storage_bits(torch.ones(3))
 
 
-# ----------------------------------------------------------------------------- with lora_edu.nf4
+# ----------------------------------------------------------------------------- with lora_edu.quant
 
 def nf4():
-    from lora_edu import nf4 as module  # owned by the NF4 chapter; DQ wired through it
+    from lora_edu import quant as module  # NF4 with double quantization wired through it
     return module
 
 

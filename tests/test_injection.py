@@ -1,4 +1,4 @@
-"""Tests of lora_edu.injection: selection by dotted suffix, freezing, atomic failure, counting."""
+"""Tests of lora_edu.inject: selection by dotted suffix, freezing, atomic failure, counting."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu.injection import count_parameters, find_linear_targets, inject_adapters
-from lora_edu.toy_model import TinyTransformer, ToyConfig
+from lora_edu.inject import count_parameters, find_linear_targets, inject_adapters
+from lora_edu.toy import TinyTransformer, ToyConfig
 
 
 class Wrap(nn.Module):

@@ -24,7 +24,7 @@ from lora_edu.memory import (
     time_per_token_saving,
     training_memory,
 )
-from lora_edu.toy_model import TinyTransformer
+from lora_edu.toy import TinyTransformer
 
 
 def test_gpt3_trainable_parameter_counts():

@@ -1,4 +1,4 @@
-"""Tests of lora_edu.nf4: blockwise 4-bit quantization, packing, round trip, usage entropy."""
+"""Tests of lora_edu.quant: blockwise 4-bit quantization, packing, round trip, usage entropy."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pytest
 import torch
 from scipy.stats import entropy as scipy_entropy
 
-from lora_edu.nf4 import (
+from lora_edu.quant import (
     QuantizedTensor,
-    _grid_tables,  # the fast path's tables, checked against bucketize
     block_normalize,
     code_indices,
     code_thresholds,
@@ -28,6 +27,7 @@ from lora_edu.nf4 import (
     quantize_4bit,
     unpack_nibbles,
 )
+from lora_edu.quant.blockwise import _grid_tables  # the fast path's tables
 
 ALL_CODES = {
     "nf4": nf4_code(), "int4": int4_code(), "fp4": fp4_code(), "fp4_bnb": fp4_code("bnb"),
@@ -182,7 +182,7 @@ def test_out_argument():
 
 
 def test_double_quant_round_trip():
-    from lora_edu.double_quant import QuantizedConstants, dequantize_constants
+    from lora_edu.quant import QuantizedConstants, dequantize_constants
 
     x = randn(64, 1024, seed=7)
     q = quantize_4bit(x, 64, double_quant=True)

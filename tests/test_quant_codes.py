@@ -1,4 +1,4 @@
-"""Tests of lora_edu.quant_codes: the NF4 table and the codes it is compared with."""
+"""Tests of lora_edu.quant: the NF4 table and the codes it is compared with."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy.optimize import minimize_scalar
 from scipy.stats import norm
 
-from lora_edu.quant_codes import (
+from lora_edu.quant import (
     NF4_OFFSET,
     check_code,
     code_thresholds,

@@ -6,18 +6,22 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu.injection import inject_adapters
-from lora_edu.toy_data import (
+from lora_edu.inject import inject_adapters
+from lora_edu.toy import (
     CLS,
     Task,
+    TinyTransformer,
+    ToyConfig,
+    batch_order,
     downstream_task,
+    evaluate,
     key_token,
     make_field_task,
     pretrain_task,
+    pretrained_toy_model,
+    train,
     vocab_size_for,
 )
-from lora_edu.toy_model import TinyTransformer, ToyConfig
-from lora_edu.training import batch_order, evaluate, pretrained_toy_model, train
 
 
 def test_model_shapes_and_names():
@@ -216,7 +220,7 @@ def test_pretrain_task_is_field_zero():
 def test_seed_stats_against_numpy():
     import numpy as np
 
-    from lora_edu.training import SeedStats
+    from lora_edu.toy import SeedStats
     vals = (0.91, 0.95, 0.87, 0.99)
     st = SeedStats((0, 1, 2, 3), vals)
     assert st.n == 4
@@ -234,7 +238,7 @@ def test_seed_stats_against_numpy():
 
 
 def test_run_seeds_calls_each_seed_once_and_collects():
-    from lora_edu.training import SeedStats, run_seeds
+    from lora_edu.toy import SeedStats, run_seeds
     calls = []
 
     def fn(seed):
@@ -259,7 +263,7 @@ def test_run_seeds_calls_each_seed_once_and_collects():
 
 
 def test_run_seeds_of_a_real_training_is_deterministic():
-    from lora_edu.training import run_seeds
+    from lora_edu.toy import run_seeds
 
     def fn(seed):
         model = TinyTransformer(ToyConfig(vocab_size=vocab_size_for()), seed=seed)
@@ -271,7 +275,7 @@ def test_run_seeds_of_a_real_training_is_deterministic():
 
 
 def test_compare_seeds_needs_separated_ranges():
-    from lora_edu.training import SeedStats, compare_seeds
+    from lora_edu.toy import SeedStats, compare_seeds
     hi = SeedStats((0, 1, 2), (0.90, 0.92, 0.95))
     lo = SeedStats((0, 1, 2), (0.80, 0.85, 0.89))
     overlap = SeedStats((0, 1, 2), (0.70, 0.91, 0.99))

@@ -1,7 +1,7 @@
 """Double quantization (双量化, DQ): quantizing the quantization constants a second time.
 
 Source §4.2(2): "对量化常数（32-bit）再做8-bit量化，将额外开销从0.5bit/参数降至0.127bit/参数".
-Blockwise 4-bit quantization (:mod:`lora_edu.nf4`) keeps one float32 absmax per block of 64
+Blockwise 4-bit quantization (:mod:`lora_edu.quant`) keeps one float32 absmax per block of 64
 weights, i.e. 32/64 = 0.5 bit per parameter. QLoRA (Dettmers et al. 2023, §3) stores those
 constants as
 
@@ -20,9 +20,9 @@ parameter. The second-level code tables offered here:
   QLoRA's text), scaled so that the largest finite value is 1 (:func:`fp8_code`);
 - ``"linear"``: 255 evenly spaced levels in [−1, 1] (a signed int8 absmax code), for comparison.
 
-The exact overhead arithmetic is in :mod:`lora_edu.dq_arithmetic` (re-exported here), and
+The exact overhead arithmetic is in :mod:`lora_edu.quant` (re-exported here), and
 :func:`storage_bits_per_param` measures the overhead from the ``nbytes`` of the stored tensors.
-This module never imports :mod:`lora_edu.nf4`; ``nf4.quantize_4bit(..., double_quant=True)``
+This module never imports :mod:`lora_edu.quant`; ``nf4.quantize_4bit(..., double_quant=True)``
 calls :func:`quantize_constants`.
 """
 
@@ -38,16 +38,6 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from lora_edu.dq_arithmetic import (
-    bits_per_param,
-    constant_overhead_bits,
-    dq_constant_overhead_bits,
-    dq_saving_bits,
-    dq_saving_bytes,
-    model_bytes,
-    quantized_storage_bits,
-)
-
 __all__ = [
     "QuantizedConstants",
     "CODE_NAMES",
@@ -61,14 +51,6 @@ __all__ = [
     "storage_bits",
     "storage_bits_per_param",
     "parameter_count",
-    # exact arithmetic, re-exported from lora_edu.dq_arithmetic
-    "constant_overhead_bits",
-    "dq_constant_overhead_bits",
-    "dq_saving_bits",
-    "bits_per_param",
-    "model_bytes",
-    "dq_saving_bytes",
-    "quantized_storage_bits",
 ]
 
 CODE_NAMES = ("dynamic", "fp8_e4m3", "fp8_e5m2", "linear")
@@ -357,7 +339,7 @@ def _tensor_bits(obj: object, count_code_tables: bool, field_name: str | None) -
 def storage_bits(q: object, *, count_code_tables: bool = False) -> int:
     """Total bits of every tensor a quantized object holds (``nbytes · 8``), found recursively.
 
-    Walks the dataclass fields of ``q`` (a ``QuantizedTensor`` from :mod:`lora_edu.nf4`, a
+    Walks the dataclass fields of ``q`` (a ``QuantizedTensor`` from :mod:`lora_edu.quant`, a
     :class:`QuantizedConstants`, or any dataclass holding tensors), descending into nested
     dataclasses such as the ``absmax_dq`` field. Fields named ``code`` hold the fixed code
     tables (16-entry NF4, 256-entry second level); they are format constants shared by every

@@ -19,10 +19,10 @@ Two 4-bit indices share a byte, element 2i in the **high** nibble and 2i+1 in th
 ``quantize_4bit``): [−1, 1] packs to 0x0F.
 
 With ``double_quant=True`` the float32 ``absmax`` vector is itself quantized by
-:func:`lora_edu.double_quant.quantize_constants` (source §4.2(2), chapter 5).
+:func:`lora_edu.quant.quantize_constants` (source §4.2(2), chapter 5).
 
-The code tables (NF4, Int4, FP4, Lloyd–Max) live in :mod:`lora_edu.quant_codes` and are
-re-exported here, so ``from lora_edu.nf4 import nf4_code, quantize_4bit`` is the entry point.
+The code tables (NF4, Int4, FP4, Lloyd–Max) live in :mod:`lora_edu.quant` and are
+re-exported here, so ``from lora_edu.quant import nf4_code, quantize_4bit`` is the entry point.
 """
 
 from __future__ import annotations
@@ -36,22 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lora_edu.quant_codes import (
-    FP4_VARIANTS,
-    NF4_OFFSET,
+from lora_edu.quant.codes import (
     check_code,
     code_thresholds,
-    eq4_literal_levels,
-    fp4_code,
-    gaussian_level_probabilities,
-    gaussian_quantizer_mse,
-    int4_code,
-    lloyd_code_from_samples,
-    lloyd_max_code,
-    lloyd_max_levels,
     nf4_code,
-    normal_float_code,
-    normal_float_offset,
 )
 
 __all__ = [
@@ -67,22 +55,6 @@ __all__ = [
     "quantization_error",
     "MIN_BLOCKSIZE",
     "MAX_BLOCKSIZE",
-    # code tables, re-exported from lora_edu.quant_codes
-    "NF4_OFFSET",
-    "FP4_VARIANTS",
-    "normal_float_offset",
-    "normal_float_code",
-    "nf4_code",
-    "eq4_literal_levels",
-    "int4_code",
-    "fp4_code",
-    "lloyd_max_levels",
-    "lloyd_max_code",
-    "lloyd_code_from_samples",
-    "gaussian_quantizer_mse",
-    "gaussian_level_probabilities",
-    "check_code",
-    "code_thresholds",
 ]
 
 MIN_BLOCKSIZE = 32
@@ -102,7 +74,7 @@ class QuantizedTensor:
     absmax:
         float32 tensor, one max|x| per block; ``None`` when the constants are double-quantized.
     absmax_dq:
-        ``None``, or the :class:`lora_edu.double_quant.QuantizedConstants` holding the
+        ``None``, or the :class:`lora_edu.quant.QuantizedConstants` holding the
         double-quantized ``absmax``.
     shape, dtype:
         The original tensor's shape and dtype (restored by :func:`dequantize_4bit`).
@@ -287,7 +259,7 @@ def quantize_4bit(x: torch.Tensor, blocksize: int = 64, code: torch.Tensor | Non
         16 sorted levels (see :func:`check_code`); ``None`` means NF4 (:func:`nf4_code`).
     double_quant:
         Quantize the per-block absmax once more (QLoRA's double quantization, chapter 5) via
-        :func:`lora_edu.double_quant.quantize_constants`; ``absmax`` is then ``None``.
+        :func:`lora_edu.quant.quantize_constants`; ``absmax`` is then ``None``.
     blocksize2:
         Constants per second-level block when ``double_quant`` (QLoRA: 256).
 
@@ -315,7 +287,7 @@ def quantize_4bit(x: torch.Tensor, blocksize: int = 64, code: torch.Tensor | Non
     packed = torch.add(pairs[:, 1], pairs[:, 0], alpha=16)
     absmax_dq = None
     if double_quant:
-        from lora_edu.double_quant import quantize_constants
+        from lora_edu.quant.double_quant import quantize_constants
 
         absmax_dq = quantize_constants(absmax, blocksize2=blocksize2)
         absmax = None
@@ -327,7 +299,7 @@ def _block_constants(q: QuantizedTensor) -> torch.Tensor:
     if q.absmax is not None:
         absmax = q.absmax
     elif q.absmax_dq is not None:
-        from lora_edu.double_quant import dequantize_constants
+        from lora_edu.quant.double_quant import dequantize_constants
 
         absmax = dequantize_constants(q.absmax_dq)
     else:

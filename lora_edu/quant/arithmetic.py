@@ -14,7 +14,7 @@ and one second-level constant per block of ``blocksize2`` first-level constants
 
 so the saving is :math:`191/512 = 0.373046875` bit per parameter. Every function here returns
 an exact :class:`fractions.Fraction` (or an exact integer count of bits); ``float()`` it for
-display. The mechanism itself lives in :mod:`lora_edu.double_quant`, which re-exports this module.
+display. The mechanism itself lives in :mod:`lora_edu.quant`, which re-exports this module.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def quantized_storage_bits(n_params: int, blocksize: int = 64, *, double_quant: 
                            const_bits: int = 32) -> int:
     """Exact bits stored for one tensor of ``n_params`` values, padding and offset included.
 
-    The layout of :func:`lora_edu.nf4.quantize_4bit`: the values are padded to whole blocks,
+    The layout of :func:`lora_edu.quant.quantize_4bit`: the values are padded to whole blocks,
     ``nb = ⌈n/blocksize⌉``; the codes take ``nb · blocksize · weight_bits`` bits; the constants
     take ``nb · const_bits`` bits, or with double quantization ``nb · code_bits`` bits of codes,
     ``⌈nb/blocksize2⌉ · const_bits`` bits of second-level scales and ``const_bits`` bits for the

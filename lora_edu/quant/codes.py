@@ -225,9 +225,10 @@ def lloyd_code_from_samples(samples: object, bits: int = 4, *, iters: int = 500,
 
     Same two steps as :func:`lloyd_max_levels` — thresholds at midpoints, levels at the mean of
     their cell — with the sample's empirical distribution instead of N(0, 1), starting from its
-    equal-count quantiles. Fed with absmax-normalized blocks (:func:`lora_edu.nf4.block_normalize`)
-    it gives the best 16-level code for *that* block size, the target NF4 only approximates.
-    A cell that becomes empty keeps its level. Returns sorted float32 levels.
+    equal-count quantiles. Fed with absmax-normalized blocks
+    (:func:`lora_edu.quant.block_normalize`) it gives the best 16-level code for *that* block
+    size, the target NF4 only approximates. A cell that becomes empty keeps its level. Returns
+    sorted float32 levels.
     """
     bits = _check_bits(bits, 1, 8)
     if isinstance(samples, torch.Tensor):
@@ -277,7 +278,7 @@ def _levels_array(levels: object) -> np.ndarray:
 def gaussian_level_probabilities(levels: object) -> np.ndarray:
     """P(level i is chosen) for X ~ N(0, 1) quantized to the nearest of ``levels`` (units of σ).
 
-    Ties go to the lower level, as in :func:`lora_edu.nf4.quantize_4bit` (a tie has probability 0
+    Ties go to the lower level, as in :func:`lora_edu.quant.quantize_4bit` (a tie has probability 0
     here, but a repeated level gets probability 0 on its upper copy).
     """
     arr = _levels_array(levels)

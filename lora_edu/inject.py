@@ -1,0 +1,139 @@
+"""Put adapters into a model by module name, and count what is trainable.
+
+Source §2.3 (1): LoRA is applied to chosen weight matrices (preferably W_q and W_v of
+self-attention) and "everything else is frozen" (冻结其余模块). :func:`inject_adapters` is that
+operation in general form: it finds ``nn.Linear`` submodules by (dotted-suffix) name, freezes every
+parameter the model already has, and swaps each match for ``factory(linear)``. LoRA
+(:func:`lora_edu.lora.apply_lora`) and AdaLoRA build on it with their own factories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+__all__ = ["inject_adapters", "count_parameters", "find_linear_targets", "normalize_targets"]
+
+
+def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:
+    """Validate ``target_modules`` and return it as a tuple of non-empty names.
+
+    Raises
+    ------
+    TypeError
+        If ``target_modules`` is not a string or a sequence of strings.
+    ValueError
+        If it is empty or holds an empty name.
+    """
+    if isinstance(target_modules, str):
+        targets: tuple[str, ...] = (target_modules,)
+    elif isinstance(target_modules, Sequence):
+        targets = tuple(target_modules)
+        if not all(isinstance(t, str) for t in targets):
+            raise TypeError("target_modules must be a str or a sequence of str, got "
+                            f"{[type(t).__name__ for t in targets]}")
+    else:
+        raise TypeError("target_modules must be a str or a sequence of str, got "
+                        f"{type(target_modules).__name__}")
+    if not targets:
+        raise ValueError("target_modules must name at least one module, got an empty sequence")
+    if any(not t or t.startswith(".") or t.endswith(".") for t in targets):
+        raise ValueError(f"target_modules must hold non-empty dotted names, got {targets!r}")
+    return targets
+
+
+def _matches(name: str, targets: tuple[str, ...]) -> bool:
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def find_linear_targets(model: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+    """Sorted qualified names of the ``nn.Linear`` submodules that ``target_modules`` selects.
+
+    A module named ``blocks.0.attn.q_proj`` is selected by the target ``"q_proj"``, by
+    ``"attn.q_proj"`` or by the full name (equality or a match after a ``"."``), never by a
+    partial word such as ``"proj"``. Returns an empty list when nothing matches.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    targets = normalize_targets(target_modules)
+    return sorted(name for name, module in model.named_modules()
+                  if name and isinstance(module, nn.Linear) and _matches(name, targets))
+
+
+def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
+                    factory: Callable[[nn.Linear], nn.Module]) -> list[str]:
+    """Freeze ``model`` and replace each selected ``nn.Linear`` in place by ``factory(linear)``.
+
+    Every parameter the model holds before the call gets ``requires_grad=False``, so only the
+    parameters created by ``factory`` (the adapter's, e.g. LoRA's B and A) stay trainable — the
+    frozen main path of source §2.1 (1).
+
+    Parameters
+    ----------
+    model:
+        The network to adapt (modified in place).
+    target_modules:
+        A name or names; a linear layer is selected if its qualified name equals a target or ends
+        with ``"." + target`` (so ``"q_proj"`` and ``"attn.q_proj"`` both work).
+    factory:
+        Called once per selected layer with the original ``nn.Linear``; returns its replacement.
+
+    Returns
+    -------
+    list[str]
+        The sorted qualified names that were replaced.
+
+    Raises
+    ------
+    ValueError
+        If nothing matches ``target_modules``; TypeError for wrong argument types or if
+        ``factory`` does not return an ``nn.Module``. On any error the model is left unchanged:
+        all replacements are built before the first one is installed.
+    """
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    names = find_linear_targets(model, target_modules)
+    if not names:
+        linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear in the model; "
+                         f"linear layers are {linear_names[:8]}"
+                         + (" ..." if len(linear_names) > 8 else ""))
+    modules = dict(model.named_modules())
+    # Build every replacement first (the factory may raise); remember each layer's frozen state.
+    old_flags = {id(p): p.requires_grad for p in model.parameters()}
+    replacements: dict[str, nn.Module] = {}
+    try:
+        for name in names:
+            new = factory(modules[name])
+            if not isinstance(new, nn.Module):
+                raise TypeError(f"factory must return an nn.Module, got {type(new).__name__} "
+                                f"for {name!r}")
+            replacements[name] = new
+    except BaseException:
+        for p in model.parameters():
+            p.requires_grad_(old_flags[id(p)])
+        raise
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, new in replacements.items():
+        parent_name, _, child = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, child, new)
+    return names
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(trainable, total)`` element counts of ``model``'s parameters.
+
+    Shared tensors are counted once. For LoRA on a d×k matrix the trainable part is
+    r·(d + k) instead of d·k (source §2.1 (3)).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    trainable = total = 0
+    for p in model.parameters():  # parameters() already deduplicates shared tensors
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
