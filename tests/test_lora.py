@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from lora_edu.inject import count_parameters
 from lora_edu.lora import (
     LoRALinear,
     apply_lora,
-    count_parameters,
     load_lora,
     load_lora_state_dict,
     lora_layers,
@@ -20,7 +20,7 @@ from lora_edu.lora import (
     save_lora,
     unmerge_lora,
 )
-from lora_edu.toy_model import TinyTransformer
+from lora_edu.toy import TinyTransformer
 
 
 def trained_layer(d=24, k=16, r=4, alpha=8.0, dtype=torch.float64, **kw) -> LoRALinear:
@@ -54,13 +54,32 @@ def test_output_equals_base_at_init_exactly(init):
     assert torch.equal(layer(x), expected)
 
 
-def test_forward_formula_and_delta_weight():
-    layer = trained_layer()
+def dense_delta(b: torch.Tensor, a: torch.Tensor, s: float) -> torch.Tensor:
+    """ΔW[i, j] = s·Σ_t B[i, t]·A[t, j] entry by entry in plain Python (independent reference)."""
+    bl, al = b.detach().tolist(), a.detach().tolist()
+    r, k = len(al), len(al[0])
+    return torch.tensor([[s * math.fsum(row[t] * al[t][j] for t in range(r)) for j in range(k)]
+                         for row in bl], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("rslora, s", [(False, 8.0 / 4), (True, 8.0 / math.sqrt(4))])
+def test_delta_weight_bypass_and_merge_match_a_dense_loop(rslora, s):
+    """ΔW from the definition (s = α/r or α/√r, loops over B and A) against what the layer does:
+    delta_weight(), the bypass output layer(x) − base(x) computed column by column, and the
+    change merge() makes to W0."""
+    layer = trained_layer(d=24, k=16, r=4, alpha=8.0, rslora=rslora)
+    dw = dense_delta(layer.lora_B, layer.lora_A, s)
+    assert dw.abs().max() > 0.1  # a non-trivial update
+    assert torch.allclose(layer.delta_weight(), dw, rtol=0, atol=1e-12)
     x = torch.randn(3, 16, dtype=torch.float64)
-    s = 8.0 / 4
-    assert torch.allclose(layer.delta_weight(), s * layer.lora_B @ layer.lora_A, atol=0, rtol=0)
-    w = layer.base.weight + s * layer.lora_B @ layer.lora_A
-    assert torch.allclose(layer(x), x @ w.T + layer.base.bias, atol=1e-12)
+    with torch.no_grad():
+        bypass = layer(x) - layer.base(x)
+    expected = torch.tensor([[math.fsum(dw[i, j].item() * x[n, j].item() for j in range(16))
+                              for i in range(24)] for n in range(3)], dtype=torch.float64)
+    assert torch.allclose(bypass, expected, rtol=0, atol=1e-12)
+    w0 = layer.base.weight.detach().clone()
+    layer.merge()
+    assert torch.allclose(layer.base.weight - w0, dw, rtol=0, atol=1e-12)
 
 
 def test_merge_unmerge_round_trip_and_equal_forward():
@@ -126,19 +145,28 @@ def test_gaussian_init_statistics():
     assert abs(b.std().item() - 0.02) < 4 * 0.02 / math.sqrt(2 * n)
 
 
-def test_kaiming_init_matches_torch_kaiming_uniform_bounds():
-    r, k = 8, 1024
+@pytest.mark.parametrize("k", [256, 1024, 4096])
+def test_kaiming_init_is_uniform_on_plus_minus_one_over_sqrt_k(k):
+    """LoRALinear(init="kaiming").lora_A ~ U(−1/√k, 1/√k): support, std, and a uniform's tails."""
+    r = 8
     torch.manual_seed(0)
-    a = LoRALinear(nn.Linear(k, 64), r=r, alpha=16, init="kaiming").lora_A
-    bound = 1 / math.sqrt(k)
-    ref = torch.empty(r, k)
-    nn.init.kaiming_uniform_(ref, a=math.sqrt(5))
+    a = LoRALinear(nn.Linear(k, 64), r=r, alpha=16, init="kaiming").lora_A.detach().double()
+    assert a.shape == (r, k)
+    bound, n = 1 / math.sqrt(k), a.numel()
+    # the whole interval is used, and nothing lies outside it
     assert a.abs().max().item() <= bound
-    assert ref.abs().max().item() <= bound and ref.abs().max().item() > 0.99 * bound
-    assert a.abs().max().item() > 0.99 * bound
-    # uniform on [-b, b]: variance b²/3
-    n = a.numel()
-    assert abs(a.var().item() - bound**2 / 3) < 5 * bound**2 * 0.3 / math.sqrt(n)
+    assert a.max().item() > 0.99 * bound and a.min().item() < -0.99 * bound
+    # std of U(−b, b) is b/√3; the sample variance has std error σ²·√(0.8/n) (kurtosis 1.8)
+    sigma = bound / math.sqrt(3)
+    assert abs(a.var().item() - sigma**2) < 5 * sigma**2 * math.sqrt(0.8 / n)
+    assert abs(a.mean().item()) < 5 * sigma / math.sqrt(n)
+    # uniform: half the entries lie beyond b/2 (a Gaussian of the same std: 38.6 %)
+    beyond = (a.abs() > bound / 2).double().mean().item()
+    assert abs(beyond - 0.5) < 5 * math.sqrt(0.25 / n)
+    # the same law as torch's kaiming_uniform_(a=√5) on an (r, k) tensor (loralib, PEFT)
+    ref = torch.empty(r, k, dtype=torch.float64)
+    nn.init.kaiming_uniform_(ref, a=math.sqrt(5))
+    assert 0.99 * bound < ref.abs().max().item() <= bound
 
 
 def test_generator_makes_init_reproducible():
