@@ -12,7 +12,11 @@ touching the others, the rank of every layer can be changed during training (the
 Conventions of this implementation:
 
 * λ starts at **zero** and P, Q are Gaussian (std 0.02 by default, PEFT's value), so ΔW = 0 and the
-  adapted layer equals the base at step 0 (a non-zero λ start was a real bug in a popular library).
+  adapted layer equals the base at step 0. (PEFT's AdaLoRA for a while drew its λ, ``lora_E``, from
+  a normal distribution, so a freshly wrapped model already differed from the base:
+  https://github.com/huggingface/peft/issues/1798, fixed by pull request #1884.) P and Q are drawn
+  in float64 and then cast, so the same seed gives the same start on every CPU (float32 ``randn``
+  differs in the last bits between vectorised kernels).
 * The scaling is s = α/r with r the **initial** rank, fixed for the whole run (the AdaLoRA paper's
   α/r; the authors' code and PEFT divide by a ``ranknum`` equal to the initial rank that is never
   updated). Pruning therefore never rescales the triplets that survive.
@@ -71,6 +75,9 @@ class SVDLinear(nn.Module):
         Scaling numerator; s = alpha / r with the initial r, never updated.
     init_std:
         Standard deviation of the Gaussian init of P and Q (λ starts at zero).
+    generator:
+        Optional ``torch.Generator`` for the initialisation of P and Q (default: torch's global
+        generator).
 
     Attributes
     ----------
@@ -87,8 +94,8 @@ class SVDLinear(nn.Module):
         trainable, so a triplet pruned by mistake can come back at a later masking step.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, init_std: float = 0.02
-                 ) -> None:
+    def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, init_std: float = 0.02,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
@@ -105,6 +112,9 @@ class SVDLinear(nn.Module):
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) \
                 or not init_std > 0:
             raise ValueError(f"init_std must be a positive number, got {init_std!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__}")
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -112,9 +122,15 @@ class SVDLinear(nn.Module):
         self.alpha = float(alpha)
         self.scaling = self.alpha / r
         w = base.weight
-        self.lora_P = nn.Parameter(torch.randn(d, r, dtype=w.dtype, device=w.device) * init_std)
+
+        def gaussian(*shape: int) -> Tensor:
+            # float64 draws are bit-identical on every CPU; float32 ones are not
+            z = torch.randn(*shape, dtype=torch.float64, generator=generator) * init_std
+            return z.to(dtype=w.dtype, device=w.device)
+
+        self.lora_P = nn.Parameter(gaussian(d, r))
         self.lora_lambda = nn.Parameter(torch.zeros(r, dtype=w.dtype, device=w.device))
-        self.lora_Q = nn.Parameter(torch.randn(r, k, dtype=w.dtype, device=w.device) * init_std)
+        self.lora_Q = nn.Parameter(gaussian(r, k))
         self.register_buffer("rank_mask", torch.ones(r, dtype=w.dtype, device=w.device))
         self.mask_pending = False
 
@@ -145,9 +161,15 @@ class SVDLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.mask_pending:
             self.apply_mask()
-        # two skinny products: (x·Qᵀ) ⊙ λ, then ·Pᵀ — never materialise ΔW
-        bypass = ((x @ self.lora_Q.t()) * self.lora_lambda) @ self.lora_P.t()
-        return self.base(x) + self.scaling * bypass
+        # two skinny products, never materialising ΔW: Q·X (r × n, rows of x as columns X) is
+        # scaled row-wise by s·λ, then P·(…) is accumulated into W0·x + b by one in-place GEMM
+        # (the layout of lora_edu.lora.LoRALinear: ≈ 1.5× faster than x·Qᵀ on small layers;
+        # the base output is not saved by autograd, so updating it in place is safe)
+        cols = x.reshape(-1, self.in_features).t()
+        down = torch.mm(self.lora_Q, cols) * (self.scaling * self.lora_lambda).unsqueeze(1)
+        out = self.base(x)
+        out.view(-1, self.out_features).addmm_(down.t(), self.lora_P.t())
+        return out
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
@@ -174,7 +196,7 @@ def orthogonal_regularizer(P: Tensor, Q: Tensor) -> Tensor:
 
 def orthogonal_penalty(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.Module],
                        gamma: float = 0.1) -> Tensor:
-    """γ·Σ_k R(P_k, Q_k) over every SVD adapter in ``model`` (the paper's γ = 0.1).
+    """γ·Σ_m R(P_m, Q_m) over every SVD adapter m in ``model`` (the paper's γ = 0.1).
 
     Use as the training loop's ``extra_loss``: ``extra_loss=lambda m: orthogonal_penalty(m, 0.1)``.
     """
@@ -190,17 +212,24 @@ def orthogonal_penalty(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.
 
 
 def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
-                  alpha: float = 1.0, init_std: float = 0.02) -> nn.Module:
+                  alpha: float = 1.0, init_std: float = 0.02, seed: int | None = None
+                  ) -> nn.Module:
     """Replace the named ``nn.Linear`` layers of ``model`` by :class:`SVDLinear` (in place).
+
+    With ``seed`` the P and Q of all layers are drawn from one generator seeded with it (layers in
+    sorted-name order), else from torch's global generator.
 
     Everything the model held before is frozen (via :func:`lora_edu.injection.inject_adapters`);
     only P, λ, Q are trainable. Returns the model. Raises ``ValueError`` if nothing matches,
     and leaves the model unchanged on any error (``inject_adapters`` builds every replacement
     before installing the first, so a bad ``r``/``alpha`` raises with the model untouched).
     """
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     if isinstance(target_modules, str):
         targets: str | list[str] = target_modules
     else:
         targets = list(target_modules)
-    inject_adapters(model, targets, lambda lin: SVDLinear(lin, r, alpha, init_std))
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    inject_adapters(model, targets, lambda lin: SVDLinear(lin, r, alpha, init_std, generator))
     return model

@@ -1,11 +1,12 @@
 """AdaLoRA's rank allocator: global top-b(t) triplets by importance, the rest masked.
 
 Source §3.2 (2), 按分数排序裁剪低重要性三元组: every ΔT steps the triplets of *all* adapted layers
-are ranked together by their score S_{k,i} (:func:`~lora_edu.adalora_importance.triplet_scores`)
-and exactly the b(t) best keep their λ (:func:`~lora_edu.adalora_budget.budget_schedule`); λ of the
-others is set to zero. A layer whose triplets score low thus loses rank, one that scores high keeps
-it — the "参数动态分配" (dynamic allocation). At step T − t_f the final pattern, with b(T) triplets,
-is fixed and re-applied at every later step.
+are ranked together by their score S_{m,i} (m the adapted matrix, i the triplet;
+:func:`~lora_edu.adalora_importance.triplet_scores`) and exactly the b(t) best keep their λ
+(:func:`~lora_edu.adalora_budget.budget_schedule`); λ of the others is set to zero. A layer whose
+triplets score low thus loses rank, one that scores high keeps it — the "参数动态分配" (dynamic
+allocation). At step T − t_f the final pattern, with b(T) triplets, is fixed and re-applied at
+every later step.
 
 Details that differ from PEFT's ``RankAllocator`` on purpose:
 
@@ -95,7 +96,7 @@ class RankAllocator:
     delta_t:
         Mask every ``delta_t`` steps during warm-up and pruning (ΔT).
     init_budget:
-        b(0); default: all triplets (Σ_k r_k). Must not exceed that number.
+        b(0); default: all triplets (Σ_m r_m over the adapted matrices m); must not exceed that.
     beta1, beta2:
         EMA factors of sensitivity and uncertainty, in [0, 1).
 
@@ -165,13 +166,13 @@ class RankAllocator:
     @torch.no_grad()
     def update_importance(self) -> None:
         """Fold the current gradients of every P, λ, Q into the EMAs (call after backward)."""
-        for name, m in self.modules.items():
-            for attr in ("lora_P", "lora_lambda", "lora_Q"):
-                p = getattr(m, attr)
-                self.tracker.update(f"{name}.{attr}", p, p.grad)
+        self.tracker.update_many((f"{name}.{attr}", p, p.grad)
+                                 for name, m in self.modules.items()
+                                 for attr in ("lora_P", "lora_lambda", "lora_Q")
+                                 for p in (getattr(m, attr),))
 
     def scores(self) -> dict[str, Tensor]:
-        """Triplet scores S_{k,i} of every layer, ``{name: tensor (r_k,)}`` (zeros before any
+        """Triplet scores S_{m,i} of every layer, ``{name: tensor (r_m,)}`` (zeros before any
         update)."""
         out = {}
         for name, m in self.modules.items():

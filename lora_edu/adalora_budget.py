@@ -2,7 +2,7 @@
 
 Source §3.2 (2), 全局预算调度器: **热身** (warm-up) at a high initial budget to explore which
 parameters matter, **裁剪** (pruning) along a cubic curve down to the target, **微调** (final
-fine-tuning) at a fixed budget. The budget is counted in *triplets* (P_{k,i}, λ_{k,i}, Q_{k,i}) over
+fine-tuning) at a fixed budget. The budget is counted in *triplets* (P_{m,i}, λ_{m,i}, Q_{m,i}) over
 all adapted matrices together — one triplet is one unit of rank somewhere in the model.
 
 With b(0) the initial and b(T) the target budget, T the total number of steps, t_i the warm-up

@@ -1,23 +1,26 @@
 """AdaLoRA importance: smoothed sensitivity × uncertainty per element, and triplet scores.
 
 Source §3.2 (2), 重要性评分: the importance of one parameter is
-``s(w) = 平滑后敏感度 × 平滑后不确定性`` — the EMA of the sensitivity |w·∇_w ℒ| times the EMA of
-how much that sensitivity fluctuates. Per element, at every step t::
+``S(w) = 平滑后敏感度 × 平滑后不确定性`` (the source writes s(w); S here, because s is the LoRA
+scale α/r) — the EMA of the sensitivity |w·∇_w ℒ| times the EMA of how much that sensitivity
+fluctuates. Per element, at every step t::
 
     I_t   = | w ⊙ ∂ℒ/∂w |                                   (sensitivity)
     Ī_t   = β1 · Ī_{t−1} + (1 − β1) · I_t                    (smoothed sensitivity)
     Ū_t   = β2 · Ū_{t−1} + (1 − β2) · | I_t − Ī_t |          (uncertainty, with the *updated* Ī_t)
-    s_t   = Ī_t · Ū_t
+    S_t   = Ī_t · Ū_t
 
 with Ī_0 = Ū_0 = 0 and β1 = β2 = 0.85 by default (the AdaLoRA paper's values; PEFT's defaults too).
 
-A triplet (P_{k,*i}, λ_{k,i}, Q_{k,i*}) — column i of P, singular value i, row i of Q of layer k —
-is scored by aggregating its elements (source §3.2 (2), 三元组重要性)::
+A triplet (P_{m,*i}, λ_{m,i}, Q_{m,i*}) — column i of P, singular value i, row i of Q of the adapted
+matrix m — is scored by aggregating its elements (source §3.2 (2), 三元组重要性)::
 
-    S_{k,i} = s(λ_{k,i}) + mean_j s(P_{k,ji}) + mean_j s(Q_{k,ij})
+    S_{m,i} = S(λ_{m,i}) + mean_j S(P_{m,ji}) + mean_j S(Q_{m,ij})
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -71,7 +74,7 @@ def ema_update(i_bar: Tensor, u_bar: Tensor, sens: Tensor, beta1: float = 0.85,
 
 
 class ImportanceTracker:
-    """The EMAs Ī and Ū of every tracked tensor, updated in place (one concept: s = Ī·Ū).
+    """The EMAs Ī and Ū of every tracked tensor, updated in place (one concept: S = Ī·Ū).
 
     Tensors are keyed by name; the state is created at zero on the first :meth:`update`.
 
@@ -94,28 +97,55 @@ class ImportanceTracker:
 
         ``grad=None`` (the tensor took no part in the loss) counts as a zero gradient.
         """
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        _check_tensor("weight", weight)
-        if grad is None:
-            sens = torch.zeros_like(weight, dtype=torch.float32 if not weight.is_floating_point()
-                                    else weight.dtype)
-        else:
-            sens = sensitivity(weight, grad)
-        if name not in self.i_bar:
-            self.i_bar[name] = torch.zeros_like(sens)
-            self.u_bar[name] = torch.zeros_like(sens)
-            self.n_updates[name] = 0
-        elif self.i_bar[name].shape != sens.shape:
-            raise ValueError(f"weight {name!r} changed shape from "
-                             f"{tuple(self.i_bar[name].shape)} to {tuple(sens.shape)}")
-        i_bar, u_bar = self.i_bar[name], self.u_bar[name]
-        i_bar.mul_(self.beta1).add_(sens, alpha=1.0 - self.beta1)
-        u_bar.mul_(self.beta2).add_(sens.sub_(i_bar).abs_(), alpha=1.0 - self.beta2)
-        self.n_updates[name] += 1
+        self.update_many([(name, weight, grad)])
+
+    @torch.no_grad()
+    def update_many(self, items: Iterable[tuple[str, Tensor, Tensor | None]]) -> None:
+        """:meth:`update` for several ``(name, weight, grad)`` at once (one call per training step).
+
+        The arithmetic is the same element by element; the EMAs of all tensors are updated by
+        ``torch._foreach_*`` operations, which saves the per-tensor Python overhead that dominates
+        on small adapters. Names must be distinct.
+        """
+        names: list[str] = []
+        sens: list[Tensor] = []
+        for name, weight, grad in items:
+            if not isinstance(name, str):
+                raise TypeError(f"name must be a str, got {type(name).__name__}")
+            _check_tensor("weight", weight)
+            if name in names:
+                raise ValueError(f"name {name!r} appears twice in one update")
+            if grad is None:
+                s = torch.zeros_like(weight, dtype=torch.float32
+                                     if not weight.is_floating_point() else weight.dtype)
+            else:
+                s = sensitivity(weight, grad)
+            if name in self.i_bar and self.i_bar[name].shape != s.shape:
+                raise ValueError(f"weight {name!r} changed shape from "
+                                 f"{tuple(self.i_bar[name].shape)} to {tuple(s.shape)}")
+            names.append(name)
+            sens.append(s)
+        for name, s in zip(names, sens, strict=True):
+            if name not in self.i_bar:
+                self.i_bar[name] = torch.zeros_like(s)
+                self.u_bar[name] = torch.zeros_like(s)
+                self.n_updates[name] = 0
+        if not names:
+            return
+        i_bars = [self.i_bar[n] for n in names]
+        u_bars = [self.u_bar[n] for n in names]
+        # Ī ← β1·Ī + (1−β1)·I ;  Ū ← β2·Ū + (1−β2)·|I − Ī|  (with the updated Ī)
+        torch._foreach_mul_(i_bars, self.beta1)
+        torch._foreach_add_(i_bars, sens, alpha=1.0 - self.beta1)
+        torch._foreach_sub_(sens, i_bars)
+        torch._foreach_abs_(sens)
+        torch._foreach_mul_(u_bars, self.beta2)
+        torch._foreach_add_(u_bars, sens, alpha=1.0 - self.beta2)
+        for name in names:
+            self.n_updates[name] += 1
 
     def score(self, name: str) -> Tensor:
-        """Element-wise importance s = Ī·Ū of tensor ``name`` (a new tensor)."""
+        """Element-wise importance S = Ī·Ū of tensor ``name`` (a new tensor)."""
         if name not in self.i_bar:
             raise KeyError(f"no importance recorded for {name!r}")
         return self.i_bar[name] * self.u_bar[name]
@@ -128,7 +158,7 @@ class ImportanceTracker:
 
 
 def triplet_scores(score_P: Tensor, score_lambda: Tensor, score_Q: Tensor) -> Tensor:
-    """S_i = s(λ_i) + mean_j s(P_{ji}) + mean_j s(Q_{ij}) for each triplet i of one layer.
+    """S_i = S(λ_i) + mean_j S(P_{ji}) + mean_j S(Q_{ij}) for each triplet i of one layer.
 
     Parameters
     ----------

@@ -1,6 +1,8 @@
 """SVDLinear, the orthogonal regulariser, the allocator, apply_adalora (lora_edu.adalora)."""
 
+import math
 import warnings
+from fractions import Fraction
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from lora_edu.adalora import (
     orthogonal_penalty,
     orthogonal_regularizer,
 )
+from lora_edu.adalora_importance import ImportanceTracker
 from lora_edu.toy_data import downstream_task
 from lora_edu.toy_model import TinyTransformer, ToyConfig
 from lora_edu.training import train
@@ -71,6 +74,62 @@ def test_gaussian_init_std():
     for t in (layer.lora_P, layer.lora_Q):
         assert abs(float(t.detach().std()) - 0.05) < 0.002
         assert abs(float(t.detach().mean())) < 0.002
+
+
+def test_init_is_seeded_and_drawn_in_float64():
+    # P and Q are float64 Gaussian draws cast to the layer's dtype (bit-identical on every CPU)
+    gen = torch.Generator().manual_seed(7)
+    layer = SVDLinear(nn.Linear(5, 6), 3, init_std=0.05, generator=torch.Generator().manual_seed(7))
+    P = (torch.randn(6, 3, dtype=torch.float64, generator=gen) * 0.05).float()
+    Q = (torch.randn(3, 5, dtype=torch.float64, generator=gen) * 0.05).float()
+    assert layer.lora_P.dtype == torch.float32
+    assert torch.equal(layer.lora_P.detach(), P) and torch.equal(layer.lora_Q.detach(), Q)
+
+
+def test_apply_adalora_seed():
+    def factors(seed):
+        model = nn.Sequential(nn.Linear(5, 6), nn.Linear(6, 4))
+        state = torch.get_rng_state()
+        apply_adalora(model, ["0", "1"], r=2, seed=seed)
+        assert torch.equal(torch.get_rng_state(), state)   # the global generator is untouched
+        return [t.detach().clone() for m in (model[0], model[1]) for t in (m.lora_P, m.lora_Q)]
+
+    a, b, c = factors(3), factors(3), factors(4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not any(torch.equal(x, z) for x, z in zip(a, c, strict=True))
+    with pytest.raises(TypeError, match="seed"):
+        apply_adalora(nn.Sequential(nn.Linear(5, 6)), ["0"], r=2, seed=1.5)
+    with pytest.raises(TypeError, match="generator"):
+        SVDLinear(nn.Linear(5, 6), 2, generator=3)
+
+
+def test_update_many_matches_the_ema_and_rejects_duplicates():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (3,), (3, 5)]
+    weights = [torch.randn(*sh, generator=gen) for sh in shapes]
+    grads = [[torch.randn(*sh, generator=gen) for sh in shapes] for _ in range(3)]
+    grads[1][0] = None                                # "took no part in the loss": zero gradient
+    one, many = ImportanceTracker(0.8, 0.7), ImportanceTracker(0.8, 0.7)
+    for step_grads in grads:
+        for i, (w, g) in enumerate(zip(weights, step_grads, strict=True)):
+            one.update(str(i), w, g)
+        many.update_many([(str(i), w, g)
+                          for i, (w, g) in enumerate(zip(weights, step_grads, strict=True))])
+    # the EMAs written out for tensor 0: Ī ← β1·Ī + (1−β1)·I ;  Ū ← β2·Ū + (1−β2)·|I − Ī|
+    i_bar, u_bar = torch.zeros(4, 3), torch.zeros(4, 3)
+    for step_grads in grads:
+        g = step_grads[0]
+        sens = torch.zeros(4, 3) if g is None else (weights[0] * g).abs()
+        i_bar = 0.8 * i_bar + 0.2 * sens
+        u_bar = 0.7 * u_bar + 0.3 * (sens - i_bar).abs()
+    torch.testing.assert_close(many.i_bar["0"], i_bar)
+    torch.testing.assert_close(many.u_bar["0"], u_bar)
+    for i in range(3):
+        assert torch.equal(many.i_bar[str(i)], one.i_bar[str(i)])
+        assert torch.equal(many.u_bar[str(i)], one.u_bar[str(i)])
+    assert many.n_updates == {"0": 3, "1": 3, "2": 3}
+    with pytest.raises(ValueError, match="twice"):
+        many.update_many([("a", weights[1], None), ("a", weights[1], None)])
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [
@@ -163,24 +222,64 @@ def _run(model, alloc, steps, lr=1e-2, seed=0, check=None):
             check(t)
 
 
-def test_exactly_budget_active_after_each_masking():
+def _nonzero_lambda(alloc):
+    return sum(int(m.lora_lambda.count_nonzero()) for m in alloc.modules.values())
+
+
+def test_nonzero_lambda_follow_the_cubic_schedule_by_hand():
+    # Worked case: 4 layers × r = 3 = 12 triplets pruned to 5; T = 40, t_i = 5, t_f = 10, masking at
+    # every step. For 5 < t < 30, b(t) = 5 + ⌊7·((30 − t)/25)³⌋, e.g. t = 6: 7·24³/25³ = 6.19 → 11;
+    # t = 10: 7·0.8³ = 3.58 → 8; t = 14: 7·0.64³ = 1.84 → 6; t = 17: 7·0.52³ = 0.98 → 5.
+    by_hand = {**{t: 12 for t in range(1, 6)}, 6: 11, 7: 10, 8: 9, 9: 9, 10: 8, 11: 8, 12: 7,
+               13: 7, 14: 6, 15: 6, 16: 6, **{t: 5 for t in range(17, 41)}}
+    assert all(by_hand[t] == 5 + math.floor(Fraction(7 * (30 - t) ** 3, 25 ** 3))
+               for t in range(6, 30))
     model = _stack()
     alloc = RankAllocator(model, target_budget=5, total_steps=40, t_init=5, t_final=10)
     assert alloc.n_triplets == 12
-    seen = []
-
-    def check(t):
-        ranks = alloc.ranks()
-        seen.append(sum(ranks.values()))
-        assert sum(ranks.values()) == alloc.budget(t)
-
-    _run(model, alloc, 40, check=check)
-    assert seen[0] == 12 and seen[-1] == 5
-    assert [b for _, b in alloc.history] == [budget_schedule(t, 40, 12, 5, 5, 10)
-                                             for t, _ in alloc.history]
-    alloc.apply_masks()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    counted = {}
+    for t in range(1, 41):
+        out = model(x)                      # applies the masks decided at step t − 1
+        if t > 1:                           # (at t = 1 every λ is still at its zero start)
+            counted[t - 1] = _nonzero_lambda(alloc)
+        loss = (out - y).pow(2).mean() + orthogonal_penalty(model, 0.1)
+        opt.zero_grad()
+        loss.backward()
+        alloc.step(t)
+        opt.step()
+    model(x)
+    counted[40] = _nonzero_lambda(alloc)
+    assert counted == by_hand
     for m in alloc.modules.values():   # pruned λ are exactly zero
         assert torch.all(m.lora_lambda[m.rank_mask == 0] == 0)
+
+
+def test_pruned_lambda_grow_back_between_masking_steps():
+    # with ΔT = 5 the masks are applied only every 5th step during pruning: a pruned λ is zeroed by
+    # the next forward and then trained again, so it is non-zero until the next masking step
+    model = _stack()
+    alloc = RankAllocator(model, target_budget=4, total_steps=40, t_init=5, t_final=10,
+                          delta_t=5)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    counted = {}
+    for t in range(1, 41):
+        out = model(x)
+        counted[t] = _nonzero_lambda(alloc)
+        loss = (out - y).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        alloc.step(t)
+        opt.step()
+    b15 = budget_schedule(15, 40, 12, 4, 5, 10)
+    assert b15 < 12
+    assert counted[16] == b15            # the forward right after the masking step at t = 15
+    assert counted[17] == 12             # one optimizer step later every λ is non-zero again
+    assert all(counted[t] == 4 for t in range(31, 41))   # final phase: masked at every step
 
 
 def test_mask_applied_after_optimizer_step():
