@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lora_edu.adalora import (
+    ImportanceTracker,
     RankAllocator,
     SVDLinear,
     apply_adalora,
@@ -17,10 +18,7 @@ from lora_edu.adalora import (
     orthogonal_penalty,
     orthogonal_regularizer,
 )
-from lora_edu.adalora_importance import ImportanceTracker
-from lora_edu.toy_data import downstream_task
-from lora_edu.toy_model import TinyTransformer, ToyConfig
-from lora_edu.training import train
+from lora_edu.toy import TinyTransformer, ToyConfig, downstream_task, train
 
 # ---------------------------------------------------------------------------------- SVDLinear
 

@@ -1,9 +1,9 @@
-"""Sensitivity, the two EMAs and the triplet score (lora_edu.adalora_importance)."""
+"""Sensitivity, the two EMAs and the triplet score (lora_edu.adalora)."""
 
 import pytest
 import torch
 
-from lora_edu.adalora_importance import (
+from lora_edu.adalora import (
     ImportanceTracker,
     check_beta,
     ema_update,

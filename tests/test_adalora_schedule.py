@@ -1,10 +1,10 @@
-"""AdaLoRA's cubic budget schedule (lora_edu.adalora_budget)."""
+"""AdaLoRA's cubic budget schedule (lora_edu.adalora)."""
 
 import math
 
 import pytest
 
-from lora_edu.adalora_budget import budget_from_average_rank, budget_schedule, validate_schedule
+from lora_edu.adalora import budget_from_average_rank, budget_schedule, validate_schedule
 
 EXAMPLE = dict(total_steps=100, init_budget=36, target_budget=24, t_init=10, t_final=20)
 

@@ -2,8 +2,8 @@
 
 Source §3.2 (2), 按分数排序裁剪低重要性三元组: every ΔT steps the triplets of *all* adapted layers
 are ranked together by their score S_{m,i} (m the adapted matrix, i the triplet;
-:func:`~lora_edu.adalora_importance.triplet_scores`) and exactly the b(t) best keep their λ
-(:func:`~lora_edu.adalora_budget.budget_schedule`); λ of the others is set to zero. A layer whose
+:func:`~lora_edu.adalora.triplet_scores`) and exactly the b(t) best keep their λ
+(:func:`~lora_edu.adalora.budget_schedule`); λ of the others is set to zero. A layer whose
 triplets score low thus loses rank, one that scores high keeps it — the "参数动态分配" (dynamic
 allocation). At step T − t_f the final pattern, with b(T) triplets, is fixed and re-applied at
 every later step.
@@ -14,13 +14,13 @@ Details that differ from PEFT's ``RankAllocator`` on purpose:
   then triplet index), where PEFT's rule "mask every score ≤ the k-th smallest" prunes every tied
   triplet and can remove more than asked;
 * the budget is a total in triplets (PEFT's ``target_r`` is an average per matrix,
-  see :func:`~lora_edu.adalora_budget.budget_from_average_rank`);
+  see :func:`~lora_edu.adalora.budget_from_average_rank`);
 * a schedule that cannot work (t_i + t_f ≥ T, target > initial, initial > number of triplets,
   β outside [0, 1)) raises ``ValueError`` at construction, and a warning is issued if the model
   has been trained for ``total_steps`` forward passes without the allocator ever being stepped
   — the silent failure where AdaLoRA trains as plain LoRA with an SVD-shaped adapter.
 
-Usage with :func:`lora_edu.training.train`, whose ``after_backward(step, model)`` runs between
+Usage with :func:`lora_edu.toy.train`, whose ``after_backward(step, model)`` runs between
 ``backward`` and ``optimizer.step`` with steps counted from 1::
 
     alloc = RankAllocator(model, target_budget=24, total_steps=300, t_init=30, t_final=60)
@@ -40,8 +40,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lora_edu.adalora_budget import budget_schedule, validate_schedule
-from lora_edu.adalora_importance import ImportanceTracker, triplet_scores
+from lora_edu.adalora.budget import budget_schedule, validate_schedule
+from lora_edu.adalora.importance import ImportanceTracker, triplet_scores
 
 __all__ = ["RankAllocator", "find_svd_modules", "is_svd_adapter"]
 
@@ -245,7 +245,7 @@ class RankAllocator:
         return budget
 
     def after_backward(self, step: int, model: nn.Module | None = None) -> None:
-        """``after_backward(step, model)`` hook for :func:`lora_edu.training.train`."""
+        """``after_backward(step, model)`` hook for :func:`lora_edu.toy.train`."""
         self.step(step)
 
     # -- results --------------------------------------------------------------------------------

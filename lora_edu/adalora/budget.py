@@ -22,7 +22,7 @@ PEFT's ``target_r`` is an *average rank per adapted matrix*; the budget here is 
 
 from __future__ import annotations
 
-from lora_edu.validation import check_int
+from lora_edu.checks import check_int
 
 __all__ = ["budget_schedule", "validate_schedule", "budget_from_average_rank"]
 

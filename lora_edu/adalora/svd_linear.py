@@ -7,7 +7,7 @@ are all trained, and a penalty keeps P and Q close to orthogonal so that λ keep
 singular values — λ controls the *magnitude* of the update (更新幅度), P and Q its *direction*
 (更新方向). Because a triplet (P_{*i}, λ_i, Q_{i*}) can be switched off by setting λ_i = 0 without
 touching the others, the rank of every layer can be changed during training (the allocator in
-:mod:`lora_edu.adalora_allocator`).
+:mod:`lora_edu.adalora`).
 
 Conventions of this implementation:
 
@@ -24,8 +24,8 @@ Conventions of this implementation:
   (paper: 0.1). PEFT instead adds the *unsquared* norms averaged over its tensors; the two differ by
   a constant factor and a square root, so their γ values are not interchangeable.
 
-The scoring (:mod:`lora_edu.adalora_importance`), the schedule (:mod:`lora_edu.adalora_budget`)
-and the allocator (:mod:`lora_edu.adalora_allocator`) are re-exported here.
+The scoring (:mod:`lora_edu.adalora`), the schedule (:mod:`lora_edu.adalora`)
+and the allocator (:mod:`lora_edu.adalora`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,31 +35,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lora_edu.adalora_allocator import RankAllocator, find_svd_modules
-from lora_edu.adalora_budget import budget_from_average_rank, budget_schedule, validate_schedule
-from lora_edu.adalora_importance import (
-    ImportanceTracker,
-    ema_update,
-    sensitivity,
-    triplet_scores,
-)
-from lora_edu.injection import inject_adapters
+from lora_edu.adalora.allocator import find_svd_modules
+from lora_edu.inject import inject_adapters
 
-__all__ = [
-    "SVDLinear",
-    "orthogonal_regularizer",
-    "orthogonal_penalty",
-    "apply_adalora",
-    "RankAllocator",
-    "find_svd_modules",
-    "budget_schedule",
-    "validate_schedule",
-    "budget_from_average_rank",
-    "ImportanceTracker",
-    "sensitivity",
-    "ema_update",
-    "triplet_scores",
-]
+__all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora"]
 
 
 class SVDLinear(nn.Module):
@@ -219,7 +198,7 @@ def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
     With ``seed`` the P and Q of all layers are drawn from one generator seeded with it (layers in
     sorted-name order), else from torch's global generator.
 
-    Everything the model held before is frozen (via :func:`lora_edu.injection.inject_adapters`);
+    Everything the model held before is frozen (via :func:`lora_edu.inject.inject_adapters`);
     only P, λ, Q are trainable. Returns the model. Raises ``ValueError`` if nothing matches,
     and leaves the model unchanged on any error (``inject_adapters`` builds every replacement
     before installing the first, so a bad ``r``/``alpha`` raises with the model untouched).
