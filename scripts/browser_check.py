@@ -84,7 +84,8 @@ MEASURE_JS = r"""
     for (let p = el.parentElement; p && p !== art; p = p.parentElement) {
       const ox = getComputedStyle(p).overflowX;
       if ((ox === 'auto' || ox === 'scroll') && p.scrollWidth > p.clientWidth + 1) {
-        scrolled = !el.closest('mjx-container, .math');
+        // a table or a code/output box may scroll; a display equation must fit
+        scrolled = p.tagName === 'TABLE' || !el.closest('mjx-container, .math');
         break;
       }
     }
