@@ -12,15 +12,18 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import Result, interleaved_times
-from lora_edu.quant import dequantize_constants, quantize_constants
+from lora_edu.quant import (
+    dequantize_4bit,
+    dequantize_constants,
+    quantize_4bit,
+    quantize_constants,
+)
 
 SHAPE = (4096, 4096)
 BLOCKSIZE = 64
 
 
 def run() -> list[Result]:
-    from lora_edu.quant import dequantize_4bit, quantize_4bit
-
     g = torch.Generator().manual_seed(0)
     w = torch.randn(*SHAPE, generator=g)
     q_plain = quantize_4bit(w, BLOCKSIZE)

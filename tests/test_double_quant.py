@@ -1,4 +1,4 @@
-"""Tests of lora_edu.quant and lora_edu.quant (double quantization, §4.2(2))."""
+"""Tests of lora_edu.quant's double quantization (§4.2(2)) and its exact storage arithmetic."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lora_edu.quant import (
+    BNB_GRID,
     CODE_NAMES,
     QuantizedConstants,
     bits_per_param,
@@ -86,9 +87,11 @@ def test_quantized_storage_bits_formula():
     n = 4096 * 4096  # QLoRA's figures: 4.5 bits per weight, 4.127 (= 4 + 65/512) with DQ
     assert Fraction(quantized_storage_bits(n, double_quant=False), n) == Fraction(9, 2)
     assert Fraction(quantized_storage_bits(n) - 32, n) == 4 + Fraction(65, 512)  # less one offset
-    # 100 values: padded to 128, i.e. 2 blocks
-    assert quantized_storage_bits(100, double_quant=False) == 128 * 4 + 2 * 32
-    assert quantized_storage_bits(100) == 128 * 4 + 2 * 8 + 32 + 32
+    # 100 values: 50 bytes of codes (no padding to whole blocks), 2 blocks (the second partial)
+    assert quantized_storage_bits(100, double_quant=False) == 50 * 8 + 2 * 32
+    assert quantized_storage_bits(100) == 50 * 8 + 2 * 8 + 32 + 32
+    # an odd count leaves one nibble of the last byte unused
+    assert quantized_storage_bits(101, double_quant=False) == 51 * 8 + 2 * 32
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -175,9 +178,14 @@ def test_quantize_constants_storage_types_and_round_trip(code):
     rebuilt = dequantize_constants(qc)
     assert rebuilt.dtype == torch.float32 and rebuilt.shape == absmax.shape
     assert bool(torch.isfinite(rebuilt).all())
-    # every constant within half the widest gap of the code times its block's scale
-    bound = max_half_gap(qc.code) * qc.scales.repeat_interleave(256)[:1000] + 1e-6
+    # every constant within half the widest gap of the code (plus half a step of the 65,536-point
+    # grid the nearest entry is searched through) times its block's scale
+    half_step = 1 / (BNB_GRID - 1)
+    bound = (max_half_gap(qc.code) + half_step) * qc.scales.repeat_interleave(256)[:1000] + 1e-6
     assert bool(((rebuilt - absmax).abs() <= bound).all())
+    exact = quantize_constants(absmax, 256, code, grid=None)  # the exact nearest entry
+    bound = max_half_gap(qc.code) * qc.scales.repeat_interleave(256)[:1000] + 1e-6
+    assert bool(((dequantize_constants(exact) - absmax).abs() <= bound).all())
 
 
 def test_dynamic_code_absmax_relative_error_is_small():
@@ -224,6 +232,33 @@ def test_ties_go_to_the_lower_entry():
         quantize_with_code(torch.tensor([0.0, math.nan]), table)
 
 
+@pytest.mark.parametrize("code", CODE_NAMES)
+def test_grid_search_differs_from_the_exact_nearest_only_next_to_midpoints(code):
+    """grid=G: v is rounded to one of G points on [-1, 1] and takes that point's nearest entry.
+    Farther than a grid step from every midpoint this is the exact nearest entry; nearer, it is
+    at most one grid step farther from v than the nearest entry."""
+    table = second_level_code(code)
+    g = torch.Generator().manual_seed(9)
+    values = torch.cat([torch.rand(20_000, generator=g) * 2 - 1,
+                        torch.rand(2_000, generator=g) * 2e-3 - 1e-3,  # the dense small entries
+                        torch.tensor([-1.0, 0.0, 1.0])])
+    on_grid = quantize_with_code(values, table, grid=BNB_GRID)
+    exact = quantize_with_code(values, table)
+    step = 2 / (BNB_GRID - 1)
+    finite = torch.sort(table[torch.isfinite(table)].double()).values
+    midpoints = (finite[:-1] + finite[1:]) / 2
+    dist = (values.double()[:, None] - midpoints[None, :]).abs().min(dim=1).values
+    differ = on_grid != exact
+    assert not bool(differ[dist > step].any())
+    v = values.double()
+    err_grid = (table[on_grid.long()].double() - v).abs()
+    err_exact = (table[exact.long()].double() - v).abs()
+    assert bool((err_exact <= err_grid).all())
+    assert bool((err_grid <= err_exact + step * (1 + 1e-6)).all())
+    if code == "dynamic":  # entries closer than the grid step near 0: the grid matters there
+        assert int(differ.sum()) > 0
+
+
 def test_fp8_codes_are_genuine_fp8_numbers():
     absmax = block_absmax(512)
     qc = quantize_constants(absmax, 256, "fp8_e4m3")
@@ -244,6 +279,7 @@ def test_constant_blocks_and_empty_input():
     const = torch.full((300,), 2.5)
     qc = quantize_constants(const)
     assert torch.equal(qc.scales, torch.zeros(2))
+    assert bool((qc.codes == 0).all())  # a block equal to the offset stores code 0 (bitsandbytes)
     assert torch.equal(dequantize_constants(qc), const)
     empty = quantize_constants(torch.empty(0))
     assert empty.n == 0 and empty.codes.shape == (0,) and empty.scales.shape == (0,)
@@ -347,16 +383,16 @@ def test_dq_overhead_equals_the_stored_constants(b1, b2):
 
 
 @pytest.mark.parametrize("shape", [(100, 37), (64 * 300,), (3, 5, 7), (1,)])
-def test_measured_storage_with_padding(shape):
+def test_measured_storage_with_partial_blocks(shape):
     m = nf4()
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     n = w.numel()
     for double_quant in (False, True):
         q = m.quantize_4bit(w, 64, double_quant=double_quant)
         assert storage_bits(q) == quantized_storage_bits(n, 64, double_quant=double_quant)
-        # the tensor is padded to whole blocks, and the padding is stored as NF4's exact 0 (index 7)
+        # ceil(n/2) bytes; an odd count is completed by NF4's exact 0 (index 7) in the last nibble
         indices = m.unpack_nibbles(q.packed)
-        assert indices.numel() == -(-n // 64) * 64
+        assert indices.numel() == n + n % 2
         assert bool((indices[n:] == 7).all())
 
 

@@ -1,4 +1,5 @@
-"""Tests of lora_edu.quant: blockwise 4-bit quantization, packing, round trip, usage entropy."""
+"""Tests of lora_edu.quant: blockwise 4-bit quantization, packing, round trip, usage entropy, and
+the fast quantizer against the reference one, byte for byte."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lora_edu.quant import (
     code_thresholds,
     code_usage,
     dequantize_4bit,
+    dequantize_4bit_reference,
     entropy_bits,
     fp4_code,
     int4_code,
@@ -25,6 +27,7 @@ from lora_edu.quant import (
     pack_nibbles,
     quantization_error,
     quantize_4bit,
+    quantize_4bit_reference,
     unpack_nibbles,
 )
 from lora_edu.quant.blockwise import _grid_tables  # the fast path's tables
@@ -49,11 +52,11 @@ def randn(*shape, seed=0, dtype=torch.float32):
 def test_pack_vectors():
     q = quantize_4bit(torch.tensor([-1.0, 1.0]))
     assert q.packed.dtype == torch.uint8
-    assert q.packed[0].item() == 0x0F
+    assert q.packed.tolist() == [0x0F]
     q = quantize_4bit(torch.tensor([0.5, -0.25, 1.0]))
-    assert q.packed[:2].tolist() == [0xC4, 0xF7]
-    # the tail of the (padded) block is zeros -> index 7 (exact 0) in both nibbles
-    assert bool((q.packed[2:] == 0x77).all())
+    # ceil(3/2) = 2 bytes; the odd count is completed by a padding 0 -> index 7 (exact 0)
+    assert q.packed.tolist() == [0xC4, 0xF7]
+    assert q.absmax.tolist() == [1.0]
     out = dequantize_4bit(q)
     assert out.tolist() == pytest.approx([0.44070982933044434, -0.28444138169288635, 1.0],
                                          abs=1e-7)
@@ -74,6 +77,8 @@ def test_pack_unpack_layout():
     packed = pack_nibbles(idx)
     assert packed.tolist() == [0x12, 0xF0, 0x79]
     assert torch.equal(unpack_nibbles(packed), idx)
+    # an odd count: the last low nibble is 0
+    assert pack_nibbles(idx[:5]).tolist() == [0x12, 0xF0, 0x70]
 
 
 @pytest.mark.parametrize("name", list(ALL_CODES))
@@ -110,13 +115,16 @@ def test_nearest_level_against_brute_force():
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (7,), (3, 5, 7), (64,), (2, 64), (1000,)])
-def test_shapes_and_padding(shape):
+def test_shapes_and_partial_blocks(shape):
     x = randn(*shape, seed=len(shape))
     q = quantize_4bit(x, 32)
     n = math.prod(shape)
     assert q.numel == n
-    assert q.packed.numel() == -(-n // 32) * 16
+    assert q.packed.numel() == -(-n // 2)  # ceil(n/2) bytes: no padding to whole blocks
     assert q.absmax.shape == (-(-n // 32),) and q.absmax.dtype == torch.float32
+    assert q.n_blocks == q.absmax.numel()
+    if n % 2:  # the last low nibble holds the padding 0 (NF4 index 7)
+        assert q.packed[-1].item() & 15 == 7
     out = dequantize_4bit(q)
     assert out.shape == torch.Size(shape)
     if n:  # per block: |x - x_hat| <= half the widest NF4 gap times the block's own absmax
@@ -231,35 +239,21 @@ def test_lloyd_max_beats_nf4_blockwise_at_64_and_expected_range():
     assert 0.007 < nf4 < 0.0095 and 0.006 < lm < nf4
 
 
-def test_bad_input():
+def test_broken_quantized_tensor_is_rejected():
+    """A QuantizedTensor whose fields do not fit together fails loudly (bad calls: see
+    tests/test_quant_bad_input.py)."""
     x = randn(64)
-    with pytest.raises(TypeError, match="x"):
-        quantize_4bit(torch.arange(64))
-    with pytest.raises(TypeError, match="x"):
-        quantize_4bit([1.0, 2.0])
-    for bs in (16, 48, 8192):
-        with pytest.raises(ValueError, match="blocksize"):
-            quantize_4bit(x, bs)
-    with pytest.raises(TypeError, match="blocksize"):
-        quantize_4bit(x, 64.0)
-    with pytest.raises(ValueError, match="code"):
-        quantize_4bit(x, 64, torch.linspace(-1, 1, 8))
-    with pytest.raises(ValueError, match="code"):
-        quantize_4bit(x, 64, nf4_code().flip(0))
-    for bad in (math.nan, math.inf, -math.inf):
-        y = x.clone()
-        y[5] = bad
-        with pytest.raises(ValueError, match="x"):
-            quantize_4bit(y)
-    with pytest.raises(TypeError, match="q"):
-        dequantize_4bit(x)
-    with pytest.raises(TypeError, match="double_quant"):
-        quantize_4bit(x, double_quant=1)
-    with pytest.raises(ValueError, match="blocksize2"):
-        quantize_4bit(x, double_quant=True, blocksize2=3)
     q = quantize_4bit(x)
     broken = QuantizedTensor(q.packed[:4], q.absmax, None, q.shape, q.dtype, q.blocksize, q.code)
     with pytest.raises(ValueError, match="packed"):
+        dequantize_4bit(broken)
+    with pytest.raises(ValueError, match="packed"):
+        dequantize_4bit_reference(broken)
+    broken = QuantizedTensor(q.packed, q.absmax[:0], None, q.shape, q.dtype, q.blocksize, q.code)
+    with pytest.raises(ValueError, match="absmax"):
+        dequantize_4bit(broken)
+    broken = QuantizedTensor(q.packed, None, None, q.shape, q.dtype, q.blocksize, q.code)
+    with pytest.raises(ValueError, match="absmax"):
         dequantize_4bit(broken)
 
 
@@ -321,12 +315,41 @@ def test_grid_search_equals_binary_search(name):
     assert torch.equal(code_indices(q).long(), ref)
 
 
-def test_subnormal_absmax_block():
+def test_tiny_blocks_use_the_1e_minus_38_scale():
+    """The scale is max(absmax, 1e-38) (bitsandbytes' guard: 1/scale stays finite)."""
+    tiny = float(torch.tensor(1e-38))  # 1e-38 rounded to float32 (a subnormal)
     x = torch.full((64,), 1e-40)
     x[3] = -2e-40
     q = quantize_4bit(x, 64)
-    assert bool(torch.isfinite(dequantize_4bit(q)).all())
-    assert code_indices(q)[3].item() == 0 and code_indices(q)[0].item() == 12
+    assert q.absmax.item() == pytest.approx(2e-40, rel=1e-2)  # the true absmax is stored
+    # v = x * 1e38 is about 0.01: all values go to the zero code (index 7), none is lost to NaN
+    assert bool((code_indices(q) == 7).all())
+    assert bool((dequantize_4bit(q) == 0).all())
+    # a block just above the guard is normalized by its own absmax
+    y = torch.full((64,), 2e-38)
+    y[3] = -4e-38
+    qy = quantize_4bit(y, 64)
+    assert code_indices(qy)[3].item() == 0 and code_indices(qy)[0].item() == 12
+    # an all-zero partial last block stores the clamped scale, a full one stores 0
+    z = quantize_4bit(torch.zeros(64 + 5), 64)
+    assert z.absmax.tolist() == [0.0, tiny]
+    assert bool((z.packed == 0x77).all()) and bool((dequantize_4bit(z) == 0).all())
+
+
+def test_float64_beyond_float32_range_is_a_clear_error():
+    x = torch.ones(8, dtype=torch.float64)
+    x[2] = 1e300
+    for fn in (quantize_4bit, quantize_4bit_reference):
+        with pytest.raises(ValueError, match="x must fit float32's range") as err:
+            fn(x)
+        assert "1e+300" in str(err.value)
+    x[2] = 3e38  # inside float32's range: quantized normally
+    q = quantize_4bit(x)
+    assert q.absmax.item() == pytest.approx(3e38, rel=1e-6)
+    assert float(dequantize_4bit(q)[2]) == pytest.approx(3e38, rel=1e-6)
+    x[2] = math.inf  # a genuine inf is reported as such
+    with pytest.raises(ValueError, match="finite"):
+        quantize_4bit(x)
 
 
 def test_code_with_levels_far_outside_the_unit_interval():
@@ -335,3 +358,101 @@ def test_code_with_levels_far_outside_the_unit_interval():
     assert _grid_tables(code_thresholds(code)) is not None
     ref = torch.bucketize(x, code_thresholds(code), right=False)
     assert torch.equal(code_indices(quantize_4bit(x, 64, code)).long(), ref)
+
+
+# ----------------------------------------------------------------------------- fast == reference
+
+def _edge_tensor(seed: int) -> torch.Tensor:
+    """Blocks of 64 that probe every rule: ties on the float32 thresholds (absmax 1 and a
+    non-power-of-two absmax), ±absmax, all-zero and tiny blocks, then random values; 64·k + 37
+    values, so the last block is partial and the count odd."""
+    g = torch.Generator().manual_seed(seed)
+    t = code_thresholds(nf4_code())
+    up, down = torch.nextafter(t, torch.tensor(2.0)), torch.nextafter(t, torch.tensor(-2.0))
+    probe = torch.cat([t, up, down, torch.tensor([-1.0, 1.0, 0.0, -0.0])])  # 49 values
+    blocks = [torch.cat([probe, torch.ones(15)]),                   # absmax 1: v = x exactly
+              torch.cat([probe * 0.7, torch.full((15,), 0.7)]),    # v = x * fl(1/0.7)
+              torch.cat([probe * -3.3, torch.full((15,), -3.3)]),  # absmax from a negative value
+              torch.zeros(64),                                     # all-zero block
+              torch.full((64,), 3e-39),                            # below the 1e-38 guard
+              torch.randn(64 * 5, generator=g) * 2]
+    tail = torch.cat([probe[:36] * 0.37, torch.tensor([0.37])])  # partial: v = x / 0.37
+    return torch.cat(blocks + [tail])
+
+
+def _assert_same(q: QuantizedTensor, r: QuantizedTensor) -> None:
+    assert torch.equal(q.packed, r.packed)
+    if q.absmax is None:
+        for f in ("offset", "codes", "scales", "code"):
+            assert torch.equal(getattr(q.absmax_dq, f), getattr(r.absmax_dq, f))
+    else:
+        assert torch.equal(q.absmax, r.absmax)
+    assert (q.shape, q.dtype, q.blocksize) == (r.shape, r.dtype, r.blocksize)
+    assert torch.equal(q.code, r.code)
+    # and the dequantized values, both ways
+    a, b = dequantize_4bit(q), dequantize_4bit_reference(r)
+    assert a.dtype == b.dtype == q.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])
+@pytest.mark.parametrize("n", [0, 1, 2, 31, 63, 64, 65, 100, 4097, 20_001])
+def test_fast_equals_reference_random(n, blocksize):
+    x = randn(n, seed=n + blocksize) * 3
+    _assert_same(quantize_4bit(x, blocksize), quantize_4bit_reference(x, blocksize))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_equals_reference_edge_cases(dtype, seed):
+    x = _edge_tensor(seed).to(dtype)
+    for bs in (32, 64, 128):
+        for dq in (False, True):
+            q = quantize_4bit(x, bs, double_quant=dq, blocksize2=4)
+            r = quantize_4bit_reference(x, bs, double_quant=dq, blocksize2=4)
+            _assert_same(q, r)
+    # the probes really hit the rules: ties take the lower index, the zero block packs to 0x77
+    idx = code_indices(quantize_4bit(_edge_tensor(seed), 64))
+    assert idx[:15].tolist() == list(range(15))          # v = t_k exactly: index k (lower)
+    assert idx[15:30].tolist() == list(range(1, 16))     # just above t_k: index k + 1
+    assert bool((quantize_4bit(_edge_tensor(seed), 64).packed[96:128] == 0x77).all())
+
+
+@pytest.mark.parametrize("name", list(ALL_CODES))
+def test_fast_equals_reference_for_every_code(name):
+    code = ALL_CODES[name]
+    x = torch.cat([_tie_probe(code), randn(1001, seed=4)])
+    for bs in (32, 64):
+        _assert_same(quantize_4bit(x, bs, code), quantize_4bit_reference(x, bs, code))
+    far = torch.cat([torch.tensor([-1e30, -5.0]), torch.linspace(-1, 1, 13), torch.tensor([1.0])])
+    y = torch.cat([_tie_probe(far), randn(100, seed=5)])  # a threshold exactly at +1
+    _assert_same(quantize_4bit(y, 64, far), quantize_4bit_reference(y, 64, far))
+
+
+def test_reference_rule_is_the_argmin_except_on_rounded_midpoints():
+    """The reference counts float32 midpoints below v; a float64 argmin |v - c_k| picks the same
+    level except for a v equal to a midpoint that float32 rounded up (6 of NF4's 15)."""
+    code = nf4_code()
+    exact = (code[:-1].double() + code[1:].double()) / 2
+    t = code_thresholds(code)
+    rounded_up = t.double() > exact
+    assert int(rounded_up.sum()) == 6
+    assert float((t.double() - exact).max()) < 3e-8
+    v = torch.cat([t, torch.nextafter(t, torch.tensor(2.0)), torch.nextafter(t, torch.tensor(-2.0)),
+                   torch.rand(5000, generator=torch.Generator().manual_seed(6)) * 2 - 1])
+    v = torch.cat([v, torch.zeros(-v.numel() % 63)])
+    x = torch.cat([v.view(-1, 63), torch.ones(v.numel() // 63, 1)], dim=1)  # absmax 1 per block
+    idx = code_indices(quantize_4bit_reference(x, 64))[:, :63].reshape(-1).long()
+    argmin = (v.double()[:, None] - code.double()[None, :]).abs().argmin(dim=1)
+    differ = torch.nonzero(idx != argmin).reshape(-1)
+    assert sorted(differ.tolist()) == torch.nonzero(rounded_up).reshape(-1).tolist()
+    assert torch.equal(argmin[differ], idx[differ] + 1)  # the argmin takes the upper level
+
+
+def test_dequantize_out_and_odd_sizes_match_reference():
+    for n, bs in ((1, 64), (7, 32), (65, 64), (129, 128), (4096 * 2 + 1, 4096), (300_001, 64)):
+        x = randn(n, seed=n)
+        q = quantize_4bit(x, bs)
+        ref = dequantize_4bit_reference(q)
+        out = torch.full_like(x, math.nan)
+        assert dequantize_4bit(q, out=out) is out and torch.equal(out, ref)
+        assert torch.equal(dequantize_4bit(q), ref)

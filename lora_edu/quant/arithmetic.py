@@ -22,6 +22,8 @@ from __future__ import annotations
 from fractions import Fraction
 from numbers import Integral
 
+from lora_edu.checks import check_instance, check_int, check_power_of_two
+
 __all__ = [
     "constant_overhead_bits",
     "dq_constant_overhead_bits",
@@ -34,28 +36,24 @@ __all__ = [
 
 
 def _check_pow2(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= {minimum}, got {value}")
-    return value
+    return check_power_of_two(name, value, minimum)
 
 
 def _check_bits(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive number of bits, got {value}")
-    return int(value)
+    return check_int(name, value, 1)
 
 
 def _check_count(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return int(value)
+    return check_int(name, value, 1)
+
+
+def _check_exact_bits(bits: object) -> Fraction:
+    """A positive int or Fraction number of bits (``check_int`` does not take Fractions)."""
+    if isinstance(bits, bool) or not isinstance(bits, (Integral, Fraction)):
+        raise TypeError(f"bits must be an int or Fraction, got {type(bits).__name__}")
+    if bits <= 0:
+        raise ValueError(f"bits must be > 0, got {bits}")
+    return Fraction(bits)
 
 
 def constant_overhead_bits(blocksize: int = 64, const_bits: int = 32) -> Fraction:
@@ -97,12 +95,11 @@ def bits_per_param(weight_bits: int = 4, blocksize: int = 64, *, double_quant: b
     """Total bits per parameter of a blockwise-quantized weight in the large-tensor limit.
 
     ``weight_bits + overhead``: 4 + 1/2 = 9/2 without double quantization, 4 + 65/512 = 2113/512
-    ≈ 4.127 with it (QLoRA defaults). Padding and the per-tensor offset are left out here; see
-    :func:`quantized_storage_bits` for the exact count of one tensor.
+    ≈ 4.127 with it (QLoRA defaults). Partial blocks and the per-tensor offset are left out here;
+    see :func:`quantized_storage_bits` for the exact count of one tensor.
     """
     weight_bits = _check_bits(weight_bits, "weight_bits")
-    if not isinstance(double_quant, bool):
-        raise TypeError(f"double_quant must be a bool, got {type(double_quant).__name__}")
+    check_instance("double_quant", double_quant, bool)
     if double_quant:
         return weight_bits + dq_constant_overhead_bits(blocksize, blocksize2, code_bits,
                                                        const_bits)
@@ -115,11 +112,7 @@ def model_bytes(n_params: int, bits: Fraction | int) -> Fraction:
     Decimal gigabytes are ``model_bytes(...) / 10**9`` (the unit of "≈ 3 GB for 65B" in QLoRA).
     """
     n_params = _check_count(n_params, "n_params")
-    if isinstance(bits, bool) or not isinstance(bits, (Integral, Fraction)):
-        raise TypeError(f"bits must be an int or Fraction, got {type(bits).__name__}")
-    if bits <= 0:
-        raise ValueError(f"bits must be > 0, got {bits}")
-    return Fraction(n_params) * Fraction(bits) / 8
+    return Fraction(n_params) * _check_exact_bits(bits) / 8
 
 
 def dq_saving_bytes(n_params: int, blocksize: int = 64, blocksize2: int = 256,
@@ -138,13 +131,15 @@ def _ceil_div(a: int, b: int) -> int:
 def quantized_storage_bits(n_params: int, blocksize: int = 64, *, double_quant: bool = True,
                            blocksize2: int = 256, weight_bits: int = 4, code_bits: int = 8,
                            const_bits: int = 32) -> int:
-    """Exact bits stored for one tensor of ``n_params`` values, padding and offset included.
+    """Exact bits stored for one tensor of ``n_params`` values, partial blocks and offset included.
 
-    The layout of :func:`lora_edu.quant.quantize_4bit`: the values are padded to whole blocks,
-    ``nb = ⌈n/blocksize⌉``; the codes take ``nb · blocksize · weight_bits`` bits; the constants
-    take ``nb · const_bits`` bits, or with double quantization ``nb · code_bits`` bits of codes,
-    ``⌈nb/blocksize2⌉ · const_bits`` bits of second-level scales and ``const_bits`` bits for the
-    one mean offset. Fixed code tables (shared by every tensor) are not counted.
+    The layout of :func:`lora_edu.quant.quantize_4bit` (and bitsandbytes): the codes take
+    ``⌈n · weight_bits / 8⌉`` whole bytes (no padding to whole blocks; for 4-bit codes an odd
+    count leaves one unused nibble); ``nb = ⌈n/blocksize⌉`` blocks, the last one possibly
+    partial, each with one constant: ``nb · const_bits`` bits, or with double quantization
+    ``nb · code_bits`` bits of codes, ``⌈nb/blocksize2⌉ · const_bits`` bits of second-level
+    scales and ``const_bits`` bits for the one mean offset. Fixed code tables (shared by every
+    tensor) are not counted.
     """
     n_params = _check_count(n_params, "n_params")
     blocksize = _check_pow2(blocksize, "blocksize")
@@ -152,10 +147,9 @@ def quantized_storage_bits(n_params: int, blocksize: int = 64, *, double_quant: 
     weight_bits = _check_bits(weight_bits, "weight_bits")
     code_bits = _check_bits(code_bits, "code_bits")
     const_bits = _check_bits(const_bits, "const_bits")
-    if not isinstance(double_quant, bool):
-        raise TypeError(f"double_quant must be a bool, got {type(double_quant).__name__}")
+    check_instance("double_quant", double_quant, bool)
     nb = _ceil_div(n_params, blocksize)
-    bits = nb * blocksize * weight_bits
+    bits = 8 * _ceil_div(n_params * weight_bits, 8)
     if double_quant:
         return bits + nb * code_bits + _ceil_div(nb, blocksize2) * const_bits + const_bits
     return bits + nb * const_bits

@@ -3,26 +3,53 @@
 Source §4.2(1): "先归一化权重到[-1,1]，再映射到16个NF4分位数点" — normalize the weights to [−1, 1],
 then map them to the 16 NF4 points; §4.3(1): the frozen base model is stored in 4-bit NF4.
 
-The tensor is flattened and cut into blocks of ``blocksize`` values (the last block padded with
-zeros). Per block b (Dettmers et al. 2021 blockwise quantization; QLoRA §3):
+The tensor is flattened and cut into blocks of ``blocksize`` values; the last block may be
+partial. Per block b (Dettmers et al. 2021 blockwise quantization; QLoRA §3):
 
 .. math::
 
-    m_b = \\max_{j\\in b} |x_j|,\\qquad v_j = x_j \\cdot (1/m_b) \\in [-1, 1],\\qquad
-    i_j = \\#\\{t \\in T : t < v_j\\},\\qquad \\hat x_j = c_{i_j}\\, m_b,
+    m_b = \\max_{j\\in b} |x_j|,\\qquad v_j = x_j / m_b \\in [-1, 1],\\qquad
+    i_j = \\arg\\min_k |v_j - c_k| = \\#\\{t \\in T : t < v_j\\},\\qquad \\hat x_j = c_{i_j}\\, m_b,
 
-where c is the sorted 16-level code and T its 15 midpoints (:func:`code_thresholds`): the
-nearest level, ties to the lower one. (The count is found with a 4096-bin grid lookup plus one
-comparison instead of a binary search; the tests check it against ``torch.bucketize``.)
-Two 4-bit indices share a byte, element 2i in the **high** nibble and 2i+1 in the low nibble
-(bitsandbytes' layout, so ``packed`` and ``absmax`` are interchangeable with its
-``quantize_4bit``): [−1, 1] packs to 0x0F.
+where c is the sorted 16-level code and T its 15 midpoints rounded to float32
+(:func:`code_thresholds`): the nearest level, ties to the lower one. Two 4-bit indices share a
+byte, element 2i in the **high** nibble and 2i+1 in the low nibble; an odd count is completed
+by one padding value 0 in the last low nibble. ``⌈n/2⌉`` bytes and one float32 absmax per block
+are stored: [−1, 1] packs to 0x0F.
+
+**Two implementations of the same function.**
+
+- :func:`quantize_4bit_reference` / :func:`dequantize_4bit_reference` read like the equations
+  above: a view of the blocks, ``m = |x|.max``, ``v = x · (1/m)``, count the midpoints below
+  ``v``, pack ``16·hi + lo``. Use them to read, check and experiment.
+- :func:`quantize_4bit` / :func:`dequantize_4bit` compute the same bytes and values faster
+  (see ``benchmarks/bench_nf4.py``): the nearest level comes from a 4096-bin grid lookup plus one
+  comparison instead of 15 comparisons, buffers are reused in place, and dequantization looks
+  up a pair of levels per byte. The tests check the two byte for byte (random, tied, partial,
+  all-zero and tiny blocks; float16, bfloat16, float32, float64 input); the benchmarks time the
+  fast one.
+
+**Interchangeable with bitsandbytes.** ``packed`` and ``absmax`` (or, with double
+quantization, the 8-bit codes, their scales and the offset) are byte-identical to
+``bitsandbytes.functional.quantize_4bit(x, blocksize, quant_type="nf4")`` on the CPU, which
+fixes four details of the arithmetic that both implementations here follow:
+
+1. v is computed as ``x · fl(1/m)`` (a float32 reciprocal, then a product), except in a last,
+   partial block, where bitsandbytes divides, ``x / m``; the two can differ in the last bit, and
+   that bit decides a value lying on a threshold.
+2. The scale is at least 10⁻³⁸ (``_TINY``, so that 1/m never overflows): an all-zero block
+   gives v = 0 (index 7 of NF4, byte 0x77) and stores absmax 0 — or 10⁻³⁸ if it is the partial
+   last block, whose stored constant is the clamped one. Blocks whose values are all below
+   10⁻³⁸ in magnitude are scaled by 10³⁸ instead of 1/m.
+3. v is clipped to [−1, 1] (a no-op for NF4, whose thresholds lie inside).
+4. The thresholds are float32 midpoints of the float32 levels (see :func:`code_thresholds`).
+
+Computation is in float32 whatever the input dtype; a float64 tensor with values beyond
+float32's range (|x| > 3.4·10³⁸) is rejected with a ``ValueError`` rather than silently turned
+into infinities.
 
 With ``double_quant=True`` the float32 ``absmax`` vector is itself quantized by
 :func:`lora_edu.quant.quantize_constants` (source §4.2(2), chapter 5).
-
-The code tables (NF4, Int4, FP4, Lloyd–Max) live in :mod:`lora_edu.quant` and are
-re-exported here, so ``from lora_edu.quant import nf4_code, quantize_4bit`` is the entry point.
 """
 
 from __future__ import annotations
@@ -30,22 +57,25 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from numbers import Integral
 from typing import Any
 
 import numpy as np
 import torch
 
-from lora_edu.quant.codes import (
-    check_code,
-    code_thresholds,
-    nf4_code,
+from lora_edu.checks import (
+    check_instance,
+    check_int,
+    check_power_of_two,
+    check_tensor,
 )
+from lora_edu.quant.codes import check_code, code_thresholds, nf4_code
 
 __all__ = [
     "QuantizedTensor",
     "quantize_4bit",
     "dequantize_4bit",
+    "quantize_4bit_reference",
+    "dequantize_4bit_reference",
     "block_normalize",
     "pack_nibbles",
     "unpack_nibbles",
@@ -60,6 +90,10 @@ __all__ = [
 MIN_BLOCKSIZE = 32
 MAX_BLOCKSIZE = 4096
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Smallest scale (bitsandbytes' ``absmax.clamp(min=1e-38)``): 1/_TINY = 1e38 is finite.
+_TINY = 1e-38
+_TINY32 = np.float32(_TINY)
 
 
 @dataclass
@@ -69,10 +103,12 @@ class QuantizedTensor:
     Attributes
     ----------
     packed:
-        uint8 tensor of ``ceil(numel/blocksize)·blocksize/2`` bytes; byte i holds the index of
-        element 2i in its high nibble and of element 2i+1 in its low nibble.
+        uint8 tensor of ``⌈numel/2⌉`` bytes; byte i holds the index of element 2i in its high
+        nibble and of element 2i+1 in its low nibble (for an odd ``numel`` the last low nibble
+        holds the index of a padding 0).
     absmax:
-        float32 tensor, one max|x| per block; ``None`` when the constants are double-quantized.
+        float32 tensor, one constant per block (``max|x|``; at least 10⁻³⁸ in a partial last
+        block); ``None`` when the constants are double-quantized.
     absmax_dq:
         ``None``, or the :class:`lora_edu.quant.QuantizedConstants` holding the
         double-quantized ``absmax``.
@@ -94,85 +130,189 @@ class QuantizedTensor:
 
     @property
     def numel(self) -> int:
-        """Number of values of the original tensor (padding excluded)."""
+        """Number of values of the original tensor."""
         return math.prod(self.shape)
 
     @property
     def n_blocks(self) -> int:
-        """Number of blocks (= number of absmax constants)."""
-        return self.packed.numel() * 2 // self.blocksize
+        """Number of blocks, ⌈numel/blocksize⌉ (= number of absmax constants)."""
+        return -(-self.numel // self.blocksize)
 
+
+# --------------------------------------------------------------------------- argument checks
 
 def _check_blocksize(blocksize: object) -> int:
-    if isinstance(blocksize, bool) or not isinstance(blocksize, Integral):
-        raise TypeError(f"blocksize must be an int, got {type(blocksize).__name__}")
-    blocksize = int(blocksize)
-    if not (MIN_BLOCKSIZE <= blocksize <= MAX_BLOCKSIZE) or blocksize & (blocksize - 1):
-        raise ValueError(f"blocksize must be a power of two in [{MIN_BLOCKSIZE}, "
-                         f"{MAX_BLOCKSIZE}], got {blocksize}")
-    return blocksize
+    blocksize = check_int("blocksize", blocksize, MIN_BLOCKSIZE, MAX_BLOCKSIZE)
+    return check_power_of_two("blocksize", blocksize, MIN_BLOCKSIZE)
 
+
+def _check_x(x: object) -> torch.Tensor:
+    check_tensor("x", x)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be a float32/float16/bfloat16/float64 tensor, got {x.dtype}")
+    return x
+
+
+def _not_finite_error(x: torch.Tensor) -> ValueError:
+    """The error for an x whose float32 copy holds NaN or ±inf (only built on that path)."""
+    if x.dtype == torch.float64 and bool(torch.isfinite(x).all()):
+        peak = float(x.detach().abs().max())
+        return ValueError(f"x must fit float32's range (|x| <= {_FLOAT32_MAX:.7g}), the "
+                          f"precision quantization computes in; got max |x| = {peak:.4g}: "
+                          f"rescale x first")
+    return ValueError("x must hold only finite values (no NaN or inf)")
+
+
+def _float32_flat(x: torch.Tensor) -> torch.Tensor:
+    flat = x.detach().reshape(-1)
+    if flat.dtype != torch.float32 or flat.device.type != "cpu":
+        flat = flat.to(device="cpu", dtype=torch.float32)
+    return flat
+
+
+def _effective_thresholds(code: torch.Tensor) -> torch.Tensor:
+    """Thresholds T' with #{t' < v} = #{t < clip(v, −1, 1)} for every finite v.
+
+    A threshold ≥ 1 is never below a clipped v (+inf), one < −1 always is (−inf); the others
+    compare the same with v and with clip(v). For NF4 nothing changes.
+    """
+    t = code_thresholds(code)
+    t[t >= 1] = math.inf
+    t[t < -1] = -math.inf
+    return t
+
+
+# --------------------------------------------------------------------------- packing
 
 def pack_nibbles(indices: torch.Tensor) -> torch.Tensor:
-    """Pack 4-bit indices (integer tensor, even length, values 0…15) two per byte, high first.
+    """Pack 4-bit indices (integer tensor, values 0…15) two per byte, high nibble first.
 
-    ``out[i] = indices[2i] << 4 | indices[2i+1]``, as uint8.
+    ``out[i] = indices[2i] << 4 | indices[2i+1]``, as uint8; an odd count gets a 0 low nibble
+    in its last byte (:func:`quantize_4bit` puts the index of a padding value 0 there instead).
     """
-    if not isinstance(indices, torch.Tensor):
-        raise TypeError(f"indices must be a torch.Tensor, got {type(indices).__name__}")
+    check_tensor("indices", indices)
     if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
         raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
     flat = indices.reshape(-1)
-    if flat.numel() % 2:
-        raise ValueError(f"indices must have an even number of entries, got {flat.numel()}")
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) > 15):
         raise ValueError("indices must lie in [0, 15]")
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
     pairs = flat.view(-1, 2)
     return ((pairs[:, 0] << 4) | pairs[:, 1]).to(torch.uint8)
 
 
 def unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`pack_nibbles`: uint8 bytes → uint8 indices, twice as many, high first."""
-    if not isinstance(packed, torch.Tensor):
-        raise TypeError(f"packed must be a torch.Tensor, got {type(packed).__name__}")
+    check_tensor("packed", packed)
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed must be a uint8 tensor, got {packed.dtype}")
     flat = packed.reshape(-1)
     return torch.stack([flat >> 4, flat & 15], dim=1).reshape(-1)
 
 
-def _normalize(x: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = x.detach().reshape(-1)
-    if flat.dtype != torch.float32 or flat.device.type != "cpu":
-        flat = flat.to(device="cpu", dtype=torch.float32)
+# --------------------------------------------------------------------------- the reference
+
+def quantize_4bit_reference(x: torch.Tensor, blocksize: int = 64,
+                            code: torch.Tensor | None = None, *, double_quant: bool = False,
+                            blocksize2: int = 256) -> QuantizedTensor:
+    """Blockwise absmax 4-bit quantization written as the equations (slow; same bytes as
+    :func:`quantize_4bit`). Arguments and result as for :func:`quantize_4bit`.
+
+    The nearest level argmin_k |v − c_k| is computed as the number of midpoints below v,
+    ``(v > t).sum()``: that is bitsandbytes' rule, with the midpoints in float32. A float64
+    argmin would agree everywhere except on a v equal to one of the 6 NF4 midpoints that float32
+    rounds up (by < 3e-8): there the argmin takes the upper level, the rule the lower one.
+    """
+    x = _check_x(x)
+    blocksize = _check_blocksize(blocksize)
+    levels = nf4_code() if code is None else check_code(code)
+    check_instance("double_quant", double_quant, bool)
+    flat = x.detach().reshape(-1).to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(flat).all()):
+        raise _not_finite_error(x)
+    t = code_thresholds(levels)                       # t_k = ½(c_k + c_{k+1}), float32
     n = flat.numel()
-    n_blocks = -(-n // blocksize)
-    if n_blocks * blocksize != n:  # pad the last block with zeros (dropped on the way back)
-        padded = torch.zeros(n_blocks * blocksize, dtype=torch.float32)
-        padded[:n] = flat
-        flat = padded
-    blocks = flat.view(n_blocks, blocksize)
-    if n_blocks == 0:
-        empty = torch.zeros(0, dtype=torch.float32)
-        return blocks.clone(), empty
-    # max|x| = max(max x, −min x): one pass over the data, no |x| temporary.
-    lo, hi = torch.aminmax(blocks, dim=1)
-    # The per-block vectors are 1/blocksize of the data: handle them in NumPy (single-threaded),
-    # which avoids a round of thread synchronisation per tiny op when the machine is busy.
-    lo_np, hi_np = lo.numpy(), hi.numpy()
-    absmax_np = np.abs(np.maximum(hi_np, -lo_np))
-    if not math.isfinite(float(absmax_np.max())):  # NaN and ±inf propagate through min/max
-        raise ValueError("x must contain only finite values (NaN or inf cannot be quantized)")
-    with np.errstate(divide="ignore", over="ignore"):
-        inv_np = np.reciprocal(absmax_np)
-    inv_np[absmax_np == 0] = 0.0  # all-zero block: v = 0
-    absmax, inv = torch.from_numpy(absmax_np), torch.from_numpy(inv_np)
-    normalized = blocks * inv[:, None]
-    tiny = np.isinf(inv_np)  # subnormal absmax: 1/absmax overflows, divide those blocks instead
-    if tiny.any():
-        t = torch.from_numpy(tiny)
-        normalized[t] = blocks[t] / absmax[t, None]
-    return normalized, absmax
+    n_full = n // blocksize
+
+    def nearest(v: torch.Tensor) -> torch.Tensor:     # i_j = #{k : t_k < v_j}
+        return (v.clamp(-1, 1)[:, None] > t[None, :]).sum(dim=1)
+
+    # full blocks, one per row: m_b = max_j |x_j|, v_j = x_j · (1/m_b)
+    blocks = flat[: n_full * blocksize].view(n_full, blocksize)
+    m = blocks.abs().amax(dim=1) if n_full else torch.zeros(0)
+    v = blocks * (1 / m.clamp(min=_TINY))[:, None]
+    indices, absmax = [nearest(v.reshape(-1))], [m]
+    if n % blocksize:                                 # the last, partial block: v_j = x_j / m
+        tail = flat[n_full * blocksize:]
+        m_last = tail.abs().max().clamp(min=_TINY)
+        indices.append(nearest(tail / m_last))
+        absmax.append(m_last.reshape(1))
+    if n % 2:                                         # fill the last byte with a padding 0
+        indices.append(nearest(torch.zeros(1)))
+    idx = torch.cat(indices)
+    packed = (idx[0::2] * 16 + idx[1::2]).to(torch.uint8)  # element 2i in the high nibble
+    return _finish(packed, torch.cat(absmax), x, blocksize, levels, double_quant, blocksize2)
+
+
+def dequantize_4bit_reference(q: QuantizedTensor) -> torch.Tensor:
+    """x̂_j = c[i_j] · m_b, written as the equation (same values as :func:`dequantize_4bit`)."""
+    check_instance("q", q, QuantizedTensor)
+    _check_packed(q)
+    levels = check_code(q.code, "q.code")
+    n = q.numel
+    idx = unpack_nibbles(q.packed)[:n].long()          # high nibble first, padding dropped
+    m = _block_constants(q).repeat_interleave(q.blocksize)[:n]   # m_b of every element
+    return (levels[idx] * m).view(q.shape).to(q.dtype)
+
+
+def _finish(packed: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor, blocksize: int,
+            code: torch.Tensor, double_quant: bool, blocksize2: int) -> QuantizedTensor:
+    absmax_dq = None
+    if double_quant:
+        from lora_edu.quant.double_quant import quantize_constants
+
+        absmax_dq = quantize_constants(absmax, blocksize2=blocksize2)
+        absmax = None
+    else:
+        check_power_of_two("blocksize2", blocksize2, 2)
+    return QuantizedTensor(packed=packed, absmax=absmax, absmax_dq=absmax_dq, shape=x.shape,
+                           dtype=x.dtype, blocksize=blocksize, code=code)
+
+
+# --------------------------------------------------------------------------- the fast path
+
+def _normalize(x: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v, absmax): v float32 of ⌈n/2⌉·2 values (a padding 0 last if n is odd), absmax per block.
+
+    Same arithmetic as the reference, on one preallocated buffer; the per-block vectors (1/64 of
+    the data) are handled in NumPy, single-threaded, which avoids a round of thread
+    synchronisation per tiny op when the machine is busy.
+    """
+    flat = _float32_flat(x)
+    n = flat.numel()
+    n_full = n // blocksize
+    full = n_full * blocksize
+    v = torch.empty(n + n % 2, dtype=torch.float32)
+    parts = []
+    if n_full:
+        blocks = flat[:full].view(n_full, blocksize)
+        lo, hi = torch.aminmax(blocks, dim=1)  # max|x| = max(max x, −min x): no |x| temporary
+        m = np.abs(np.maximum(hi.numpy(), -lo.numpy()))
+        inv = np.reciprocal(np.maximum(m, _TINY32))
+        torch.mul(blocks, torch.from_numpy(inv)[:, None], out=v[:full].view(n_full, blocksize))
+        parts.append(m)
+    if full < n:
+        tail = flat[full:]
+        m_last = tail.abs().max().clamp(min=_TINY)
+        torch.div(tail, m_last, out=v[full:n])
+        parts.append(m_last.reshape(1).numpy())
+    if n % 2:
+        v[n] = 0.0
+    absmax = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    if not np.isfinite(absmax).all():  # NaN and ±inf propagate through min/max
+        raise _not_finite_error(x)
+    return v, torch.from_numpy(absmax)
 
 
 # Nearest-level search by a uniform grid instead of a binary search (same result, fewer cycles).
@@ -192,8 +332,7 @@ def _grid_bin(v: torch.Tensor) -> torch.Tensor:
 
 def _grid_tables(thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(base, thr) lookup tables of the grid search, or None if two thresholds share a bin."""
-    key = tuple(thresholds.tolist())
-    return _grid_tables_cached(key)
+    return _grid_tables_cached(tuple(thresholds.tolist()))
 
 
 @functools.lru_cache(maxsize=32)
@@ -210,12 +349,11 @@ def _grid_tables_cached(key: tuple[float, ...]) -> tuple[torch.Tensor, torch.Ten
     return base, thr
 
 
-def _nearest_indices(normalized: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def _nearest_indices(v: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """uint8 index #{t ∈ thresholds : t < v} for every v (ties go to the lower code).
 
-    Overwrites ``normalized`` (its storage is reused for the result).
+    Overwrites ``v`` (a 1-D float32 buffer; its storage is reused for the result).
     """
-    v = normalized.reshape(-1)
     tables = _grid_tables(thresholds)
     if tables is None or v.numel() == 0:
         return torch.bucketize(v, thresholds, out_int32=True, right=False).to(torch.uint8)
@@ -233,25 +371,31 @@ def _nearest_indices(normalized: torch.Tensor, thresholds: torch.Tensor) -> torc
 def block_normalize(x: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """The first step of :func:`quantize_4bit`: v = x · (1/absmax_b) per block, in [−1, 1].
 
-    Returns ``(v, absmax)`` with ``v`` of shape (n_blocks, blocksize) — the last block padded
-    with zeros — and ``absmax`` float32 of shape (n_blocks,). All-zero blocks give v = 0.
+    Returns ``(v, absmax)`` with ``v`` of shape (n_blocks, blocksize) — a partial last block
+    completed with zeros — and ``absmax`` float32 of shape (n_blocks,), as :func:`quantize_4bit`
+    stores it. All-zero blocks give v = 0.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be a float32/float16/bfloat16/float64 tensor, got {x.dtype}")
-    return _normalize(x, _check_blocksize(blocksize))
+    x = _check_x(x)
+    blocksize = _check_blocksize(blocksize)
+    v, absmax = _normalize(x, blocksize)
+    n = x.numel()
+    padded = torch.zeros(absmax.numel() * blocksize, dtype=torch.float32)
+    padded[:n] = v[:n]
+    return padded.view(-1, blocksize), absmax
 
 
 def quantize_4bit(x: torch.Tensor, blocksize: int = 64, code: torch.Tensor | None = None, *,
                   double_quant: bool = False, blocksize2: int = 256) -> QuantizedTensor:
-    """Blockwise absmax 4-bit quantization of ``x`` (source §4.2(1); QLoRA §3).
+    """Blockwise absmax 4-bit quantization of ``x`` (source §4.2(1); QLoRA §3), fast version.
+
+    Byte-identical to :func:`quantize_4bit_reference` and to bitsandbytes' CPU
+    ``quantize_4bit(x, blocksize, quant_type="nf4", compress_statistics=double_quant)``.
 
     Parameters
     ----------
     x:
-        Floating tensor (float32, float16, bfloat16 or float64) of any shape, finite values.
-        Computation is in float32.
+        Floating tensor (float32, float16, bfloat16 or float64) of any shape, finite values
+        within float32's range. Computation is in float32.
     blocksize:
         Values per block, a power of two from 32 to 4096 (QLoRA: 64). Each block costs one
         float32 constant, 32/blocksize bits per value.
@@ -266,38 +410,37 @@ def quantize_4bit(x: torch.Tensor, blocksize: int = 64, code: torch.Tensor | Non
     Returns
     -------
     QuantizedTensor
-        Packed indices, constants, and what :func:`dequantize_4bit` needs to restore the tensor.
-        An all-zero block gets absmax 0 and decodes to zeros; an empty ``x`` gives empty tensors.
+        Packed indices (⌈n/2⌉ bytes), constants, and what :func:`dequantize_4bit` needs to
+        restore the tensor. An all-zero block decodes to zeros; an empty ``x`` gives empty
+        tensors.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x must be a float32/float16/bfloat16/float64 tensor, got {x.dtype}")
+    x = _check_x(x)
     blocksize = _check_blocksize(blocksize)
     code = nf4_code() if code is None else check_code(code)
-    if not isinstance(double_quant, bool):
-        raise TypeError(f"double_quant must be a bool, got {type(double_quant).__name__}")
-    shape, dtype = x.shape, x.dtype
-    normalized, absmax = _normalize(x, blocksize)
-    # Index of the nearest level: the number of thresholds strictly below v (ties -> lower).
-    # Values beyond ±1 by rounding fall in the outer cells, exactly as after a clamp.
-    idx = _nearest_indices(normalized, code_thresholds(code))
+    check_instance("double_quant", double_quant, bool)
+    v, absmax = _normalize(x, blocksize)
+    idx = _nearest_indices(v, _effective_thresholds(code))
     pairs = idx.view(-1, 2)
     # byte = 16·(index of element 2i) + (index of element 2i+1): the high nibble comes first
     packed = torch.add(pairs[:, 1], pairs[:, 0], alpha=16)
-    absmax_dq = None
-    if double_quant:
-        from lora_edu.quant.double_quant import quantize_constants
+    return _finish(packed, absmax, x, blocksize, code, double_quant, blocksize2)
 
-        absmax_dq = quantize_constants(absmax, blocksize2=blocksize2)
-        absmax = None
-    return QuantizedTensor(packed=packed, absmax=absmax, absmax_dq=absmax_dq, shape=shape,
-                           dtype=dtype, blocksize=blocksize, code=code)
+
+def _check_packed(q: QuantizedTensor) -> None:
+    check_tensor("q.packed", q.packed)
+    if q.packed.dtype != torch.uint8:
+        raise TypeError(f"q.packed must be a uint8 tensor, got {q.packed.dtype}")
+    check_int("q.blocksize", q.blocksize, MIN_BLOCKSIZE, MAX_BLOCKSIZE)
+    check_power_of_two("q.blocksize", q.blocksize, MIN_BLOCKSIZE)
+    expected = -(-q.numel // 2)
+    if q.packed.numel() != expected:
+        raise ValueError(f"q.packed must hold ceil(n/2) = {expected} bytes for shape "
+                         f"{tuple(q.shape)}, got {q.packed.numel()}")
 
 
 def _block_constants(q: QuantizedTensor) -> torch.Tensor:
     if q.absmax is not None:
-        absmax = q.absmax
+        absmax = check_tensor("q.absmax", q.absmax)
     elif q.absmax_dq is not None:
         from lora_edu.quant.double_quant import dequantize_constants
 
@@ -309,25 +452,32 @@ def _block_constants(q: QuantizedTensor) -> torch.Tensor:
     return absmax.to(torch.float32)
 
 
-def _pair_table(code: torch.Tensor) -> torch.Tensor:
-    """256-entry byte → (code[hi], code[lo]) table, each float32 pair viewed as one int64."""
+@functools.lru_cache(maxsize=32)
+def _pair_table_cached(key: tuple[float, ...]) -> torch.Tensor:
+    code = torch.tensor(key, dtype=torch.float32)
     b = torch.arange(256)
     pairs = torch.stack([code[b >> 4], code[b & 15]], dim=1).contiguous()
     return pairs.view(torch.int64).view(256)
 
 
+def _pair_table(code: torch.Tensor) -> torch.Tensor:
+    """256-entry byte → (code[hi], code[lo]) table, each float32 pair viewed as one int64."""
+    return _pair_table_cached(tuple(code.tolist()))
+
+
 def dequantize_4bit(q: QuantizedTensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """Rebuild the tensor: x̂_j = code[i_j] · absmax_b (double-quantized absmax decoded first).
 
-    Each byte is looked up once in a 256-entry table of level *pairs* (high, low nibble), the
-    pair copied as one 64-bit word, then every block is scaled by its absmax in place.
+    Fast version of :func:`dequantize_4bit_reference` (same values): each byte is looked up
+    once in a 256-entry table of level *pairs* (high, low nibble), the pair copied as one 64-bit
+    word, then every block is scaled by its absmax in place.
 
     Parameters
     ----------
     q:
         The :class:`QuantizedTensor` from :func:`quantize_4bit`.
     out:
-        Optional preallocated contiguous tensor of ``q.shape`` and ``q.dtype`` to write into
+        Optional preallocated contiguous CPU tensor of ``q.shape`` and ``q.dtype`` to write into
         (saves allocating, i.e. page-faulting, a fresh output on every call).
 
     Returns
@@ -335,33 +485,34 @@ def dequantize_4bit(q: QuantizedTensor, *, out: torch.Tensor | None = None) -> t
     torch.Tensor
         Shape ``q.shape``, dtype ``q.dtype`` (``out`` itself when given).
     """
-    if not isinstance(q, QuantizedTensor):
-        raise TypeError(f"q must be a QuantizedTensor, got {type(q).__name__}")
-    if q.packed.dtype != torch.uint8:
-        raise TypeError(f"q.packed must be uint8, got {q.packed.dtype}")
-    shape, dtype, n = q.shape, q.dtype, q.numel
+    check_instance("q", q, QuantizedTensor)
+    _check_packed(q)
+    shape, dtype, n, bs = q.shape, q.dtype, q.numel, q.blocksize
     if out is not None:
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        check_tensor("out", out)
         if out.shape != shape or out.dtype != dtype or not out.is_contiguous() \
                 or out.device.type != "cpu":
             raise ValueError(f"out must be a contiguous CPU tensor of shape {tuple(shape)} and "
                              f"dtype {dtype}, got {tuple(out.shape)} {out.dtype}")
-    n_padded = q.packed.numel() * 2
-    if n_padded != -(-n // q.blocksize) * q.blocksize:
-        raise ValueError(f"q.packed has {q.packed.numel()} bytes, inconsistent with shape "
-                         f"{tuple(shape)} and blocksize {q.blocksize}")
     absmax = _block_constants(q)
     code = check_code(q.code, "q.code")
-    direct = out is not None and dtype == torch.float32 and n_padded == n
-    buf = out.view(-1) if direct else torch.empty(n_padded, dtype=torch.float32)
-    if n_padded:
-        torch.index_select(_pair_table(code), 0, q.packed.reshape(-1).to(torch.int32),
-                           out=buf.view(torch.int64))
-        buf.view(-1, q.blocksize).mul_(absmax[:, None])
+    direct = out is not None and dtype == torch.float32
+    buf = out.view(-1) if direct else torch.empty(n, dtype=torch.float32)
+    packed = q.packed.reshape(-1)
+    n_pairs = n // 2
+    if n_pairs:  # two levels per byte, one 64-bit copy
+        torch.index_select(_pair_table(code), 0, packed[:n_pairs].to(torch.int32),
+                           out=buf[: 2 * n_pairs].view(torch.int64))
+    if n % 2:  # an odd count: the last value is the high nibble of the last byte
+        buf[n - 1] = code[int(packed[-1]) >> 4]
+    n_full = n // bs
+    if n_full:
+        buf[: n_full * bs].view(n_full, bs).mul_(absmax[:n_full, None])
+    if n_full * bs < n:  # the partial last block
+        buf[n_full * bs:].mul_(absmax[n_full])
     if direct:
         return out
-    result = buf[:n].view(shape)
+    result = buf.view(shape)
     if out is not None:
         return out.copy_(result)
     return result if dtype == torch.float32 else result.to(dtype)
@@ -369,8 +520,7 @@ def dequantize_4bit(q: QuantizedTensor, *, out: torch.Tensor | None = None) -> t
 
 def code_indices(q: QuantizedTensor) -> torch.Tensor:
     """The 4-bit index of every original element (padding dropped), uint8 of shape ``q.shape``."""
-    if not isinstance(q, QuantizedTensor):
-        raise TypeError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    check_instance("q", q, QuantizedTensor)
     return unpack_nibbles(q.packed)[: q.numel].view(q.shape)
 
 
@@ -385,10 +535,9 @@ def entropy_bits(counts: torch.Tensor | np.ndarray) -> float:
     H is the average number of bits an ideal entropy coder would need per index: 4 bits are only
     "fully used" when all 16 codes are equally likely.
     """
+    check_instance("counts", counts, (torch.Tensor, np.ndarray))
     if isinstance(counts, torch.Tensor):
         counts = counts.detach().to(torch.float64).cpu().numpy()
-    if not isinstance(counts, np.ndarray):
-        raise TypeError(f"counts must be a tensor or array, got {type(counts).__name__}")
     c = np.asarray(counts, dtype=np.float64).reshape(-1)
     if c.size == 0 or np.any(c < 0) or not np.all(np.isfinite(c)) or c.sum() <= 0:
         raise ValueError("counts must be non-negative, finite, with a positive total")

@@ -27,15 +27,26 @@ is stored as the index of its nearest level. The tables:
   of N(0, 1) (Lloyd 1982, "Method I"), the limit any 16-level code can reach on Gaussian data.
 - :func:`gaussian_quantizer_mse` / :func:`gaussian_level_probabilities` — exact MSE and level
   probabilities of a nearest-level quantizer on N(0, 1) (levels in units of σ, no clipping).
+
+SciPy (the normal quantile function Φ⁻¹ = ``scipy.stats.norm.ppf``) is imported inside the
+functions that need it, the first time a code is built: ``import lora_edu.quant`` stays as fast
+as importing torch.
 """
 
 from __future__ import annotations
 
-from numbers import Integral, Real
+import functools
 
 import numpy as np
 import torch
-from scipy.stats import norm
+
+from lora_edu.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_one_of,
+    check_tensor,
+)
 
 __all__ = [
     "NF4_OFFSET",
@@ -62,12 +73,15 @@ NF4_OFFSET = 0.9677083
 FP4_VARIANTS = ("e2m1", "bnb")
 
 
+def _norm():
+    """``scipy.stats.norm``, imported on first use (SciPy's stats module takes ~0.5 s to load)."""
+    from scipy.stats import norm
+
+    return norm
+
+
 def _check_bits(bits: object, low: int = 2, high: int = 8) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, Integral):
-        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
-    if not low <= int(bits) <= high:
-        raise ValueError(f"bits must be in [{low}, {high}], got {bits}")
-    return int(bits)
+    return check_int("bits", bits, low, high)
 
 
 def normal_float_offset(bits: int = 4) -> float:
@@ -90,9 +104,13 @@ def normal_float_code(bits: int = 4, offset: float = NF4_OFFSET, *,
     Asymmetric (default, NF4 for ``bits=4``): 2^(k−1) positive levels Q(p) for
     p ∈ linspace(offset, ½, 2^(k−1)+1) without its last point ½, 2^(k−1) − 1 negative levels
     −Q(p) for p ∈ linspace(offset, ½, 2^(k−1)) without ½, and an exact 0; everything divided by
-    Q(offset) so the extremes are exactly ±1. For k = 4 this reproduces the table published with
-    QLoRA to ≤ 1.2e-7 (one float32 ulp: bitsandbytes evaluates ``linspace`` in float32, this
-    function in float64).
+    the largest level Q(offset), so the extremes are exactly ±1.
+
+    Evaluated the way bitsandbytes' ``create_normal_map`` does it, so that NF4 is *bit for bit*
+    the table published with QLoRA: the probabilities ``linspace`` in float32
+    (``torch.linspace``), Q in float64 (``scipy.stats.norm.ppf``), the levels rounded to float32
+    and divided by their maximum in float32. (The same formula in float64, rounded to float32 at
+    the end, differs from the table in 10 of the 16 levels, by up to 1.2e-7.)
 
     ``symmetric=True`` gives the variant without zero: 2^(k−1) levels on each side, both from
     linspace(offset, ½, 2^(k−1)+1)[:-1], mirrored — it cannot represent 0 exactly.
@@ -100,26 +118,34 @@ def normal_float_code(bits: int = 4, offset: float = NF4_OFFSET, *,
     Returns a sorted float32 tensor of ``2**bits`` levels.
     """
     bits = _check_bits(bits)
-    if isinstance(offset, bool) or not isinstance(offset, Real):
-        raise TypeError(f"offset must be a float, got {type(offset).__name__}")
-    offset = float(offset)
-    if not 0.5 < offset < 1.0:
-        raise ValueError(f"offset must be in (0.5, 1), got {offset}")
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    offset = check_float("offset", offset, 0.5, 1.0, min_inclusive=False, max_inclusive=False)
+    check_instance("symmetric", symmetric, bool)
+    return _normal_float_code(bits, offset, symmetric).clone()
+
+
+@functools.lru_cache(maxsize=16)
+def _normal_float_code(bits: int, offset: float, symmetric: bool) -> torch.Tensor:
+    ppf = _norm().ppf
     half = 2 ** (bits - 1)
-    positive = norm.ppf(np.linspace(offset, 0.5, half + 1)[:-1])
-    if symmetric:
-        levels = np.concatenate([positive, -positive])
-    else:
-        negative = -norm.ppf(np.linspace(offset, 0.5, half)[:-1])
-        levels = np.concatenate([positive, [0.0], negative])
-    levels = np.sort(levels) / norm.ppf(offset)
-    return torch.from_numpy(levels).to(torch.float32)
+
+    def quantiles(steps: int) -> np.ndarray:  # Q(p), p = float32 linspace(offset, ½, steps)[:-1]
+        p = torch.linspace(offset, 0.5, steps, dtype=torch.float32)[:-1]
+        return ppf(p.double().numpy())
+
+    positive = quantiles(half + 1)
+    negative = -positive if symmetric else -quantiles(half)
+    zero = [] if symmetric else [0.0]
+    levels = torch.from_numpy(np.sort(np.concatenate([positive, zero, negative])))
+    levels = levels.to(torch.float32)
+    return levels / levels.max()
 
 
 def nf4_code() -> torch.Tensor:
-    """The 16 NF4 levels, index 0 … 15 = −1, −0.6962, …, 0, …, 0.7230, 1 (QLoRA's table)."""
+    """The 16 NF4 levels, index 0 … 15 = −1, −0.6962, …, 0, …, 0.7230, 1 (QLoRA's table).
+
+    Bit-identical to the table of QLoRA and bitsandbytes (``get_4bit_type("nf4")``). Built once
+    per process (the first call imports SciPy); every call returns a fresh copy.
+    """
     return normal_float_code(4, NF4_OFFSET)
 
 
@@ -135,7 +161,7 @@ def eq4_literal_levels(bits: int = 4) -> np.ndarray:
     n = 2**bits
     p = np.arange(n + 1) / (n + 1)
     with np.errstate(divide="ignore"):
-        q = norm.ppf(p)
+        q = _norm().ppf(p)
     return 0.5 * (q[:-1] + q[1:])
 
 
@@ -163,8 +189,7 @@ def fp4_code(variant: str = "e2m1") -> torch.Tensor:
     holds −0, index 8 holds +0), so only 15 distinct values exist. Quantization resolves the tie
     to the lower index; the histogram shows index 8 only gets the values in (0, first midpoint].
     """
-    if variant not in FP4_VARIANTS:
-        raise ValueError(f"variant must be one of {FP4_VARIANTS}, got {variant!r}")
+    check_one_of("variant", variant, FP4_VARIANTS)
     if variant == "e2m1":
         magnitudes = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
     else:
@@ -176,6 +201,7 @@ def fp4_code(variant: str = "e2m1") -> torch.Tensor:
 
 def _interval_moments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
     """P(lo<X<hi), E[X; lo<X<hi], E[X²; lo<X<hi] for X ~ N(0, 1) (lo/hi may be ±inf)."""
+    norm = _norm()
     p0 = norm.cdf(hi) - norm.cdf(lo)
     p1 = norm.pdf(lo) - norm.pdf(hi)
     with np.errstate(invalid="ignore"):
@@ -195,8 +221,10 @@ def lloyd_max_levels(bits: int = 4, *, tol: float = 1e-13, max_iter: int = 100_0
     For 16 levels the MSE is 0.009497 (Max's table) and the outermost levels are ±2.733.
     """
     bits = _check_bits(bits, 1, 8)
+    tol = check_float("tol", tol, 0.0, min_inclusive=False)
+    max_iter = check_int("max_iter", max_iter, 1)
     n = 2**bits
-    c = norm.ppf((np.arange(n) + 0.5) / n)
+    c = _norm().ppf((np.arange(n) + 0.5) / n)
     for _ in range(max_iter):
         t = np.concatenate([[-np.inf], 0.5 * (c[:-1] + c[1:]), [np.inf]])
         p0, p1, _ = _interval_moments(t[:-1], t[1:])
@@ -231,21 +259,24 @@ def lloyd_code_from_samples(samples: object, bits: int = 4, *, iters: int = 500,
     sorted float32 levels.
     """
     bits = _check_bits(bits, 1, 8)
+    check_instance("samples", samples, (torch.Tensor, np.ndarray))
+    iters = check_int("iters", iters, 1)
+    tol = check_float("tol", tol, 0.0, min_inclusive=False)
     if isinstance(samples, torch.Tensor):
+        if not samples.is_floating_point():
+            raise TypeError(f"samples must have a floating-point dtype, got {samples.dtype}")
         samples = samples.detach().to(torch.float64).cpu().numpy()
-    if not isinstance(samples, np.ndarray):
-        raise TypeError(f"samples must be a tensor or array, got {type(samples).__name__}")
+    elif not np.issubdtype(samples.dtype, np.floating):
+        raise TypeError(f"samples must have a floating-point dtype, got {samples.dtype}")
     x = np.sort(np.asarray(samples, dtype=np.float64).reshape(-1))
     n = 2**bits
     if x.size < n:
         raise ValueError(f"samples must hold at least {n} values, got {x.size}")
     if not np.all(np.isfinite(x)):
-        raise ValueError("samples must be finite")
-    if isinstance(iters, bool) or not isinstance(iters, Integral) or iters < 1:
-        raise ValueError(f"iters must be a positive int, got {iters}")
+        raise ValueError("samples must hold only finite values (no NaN or inf)")
     csum = np.concatenate([[0.0], np.cumsum(x)])
     c = np.quantile(x, (np.arange(n) + 0.5) / n)
-    for _ in range(int(iters)):
+    for _ in range(iters):
         t = 0.5 * (c[:-1] + c[1:])
         edges = np.concatenate([[0], np.searchsorted(x, t, side="right"), [x.size]])
         counts = np.diff(edges)
@@ -262,14 +293,16 @@ def lloyd_code_from_samples(samples: object, bits: int = 4, *, iters: int = 500,
 def _levels_array(levels: object) -> np.ndarray:
     if isinstance(levels, torch.Tensor):
         arr = levels.detach().to(torch.float64).cpu().numpy()
-    elif isinstance(levels, (np.ndarray, list, tuple)):
-        arr = np.asarray(levels, dtype=np.float64)
     else:
-        raise TypeError(f"levels must be a tensor, array or sequence, got {type(levels).__name__}")
+        check_instance("levels", levels, (np.ndarray, list, tuple))
+        try:
+            arr = np.asarray(levels, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"levels must hold real numbers ({err})") from None
     if arr.ndim != 1 or arr.size < 2:
         raise ValueError(f"levels must be 1-D with at least 2 entries, got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
-        raise ValueError("levels must be finite")
+        raise ValueError("levels must hold only finite values (no NaN or inf)")
     if np.any(np.diff(arr) < 0):
         raise ValueError("levels must be sorted in increasing order")
     return arr
@@ -283,7 +316,8 @@ def gaussian_level_probabilities(levels: object) -> np.ndarray:
     """
     arr = _levels_array(levels)
     t = np.concatenate([[-np.inf], 0.5 * (arr[:-1] + arr[1:]), [np.inf]])
-    return norm.cdf(t[1:]) - norm.cdf(t[:-1])
+    cdf = _norm().cdf
+    return cdf(t[1:]) - cdf(t[:-1])
 
 
 def gaussian_quantizer_mse(levels: object) -> float:
@@ -306,28 +340,34 @@ def check_code(code: object, name: str = "code") -> torch.Tensor:
     non-decreasing order (a repeated level, like FP4's ±0, is allowed).
     """
     if isinstance(code, (list, tuple, np.ndarray)):
-        code = torch.as_tensor(np.asarray(code, dtype=np.float64))
+        try:
+            code = torch.as_tensor(np.asarray(code, dtype=np.float64))
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must hold 16 real numbers ({err})") from None
     if not isinstance(code, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a sequence of 16 numbers, "
                         f"got {type(code).__name__}")
     if not code.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {code.dtype}")
+        raise TypeError(f"{name} must have a floating-point dtype, got {code.dtype}")
     if code.shape != (16,):
         raise ValueError(f"{name} must have exactly 16 levels (shape (16,)), "
                          f"got shape {tuple(code.shape)}")
     code = code.detach().to(device="cpu", dtype=torch.float32).contiguous()
-    if not bool(torch.isfinite(code).all()):
-        raise ValueError(f"{name} must contain only finite levels")
+    check_tensor(name, code, finite=True)
     if bool((code[1:] < code[:-1]).any()):
         raise ValueError(f"{name} must be sorted in increasing order")
     return code
 
 
 def code_thresholds(code: torch.Tensor) -> torch.Tensor:
-    """The 15 decision thresholds of a code: midpoints ½(c_i + c_{i+1}) (float64 sum, float32).
+    """The 15 decision thresholds of a code: midpoints ½(c_i + c_{i+1}) rounded to float32.
 
+    (Computed as a float64 sum, which is exact, then rounded: the same numbers as bitsandbytes'
+    float32 ``(code[:-1] + code[1:]) / 2``, since halving commutes with rounding.)
     A normalized value v gets index i with t_{i−1} < v ≤ t_i: at an exact tie the lower code
     wins. For NF4, t_12 = ½(0.44071 + 0.56262) = 0.50166, so 0.5 maps to index 12 (0.4407).
+    Rounding to float32 moves 6 of NF4's 15 midpoints up by less than 3e-8; a v equal to such a
+    rounded midpoint still takes the lower level, though the upper one is nearer by that much.
     """
     c = check_code(code).to(torch.float64)
     return ((c[:-1] + c[1:]) / 2).to(torch.float32)

@@ -12,7 +12,20 @@ constants as
 3. one float32 **scale** (the absmax of the centred values) per block of ``blocksize2``,
 
 and rebuilds them as ``code[codes] · scale + offset``: 8/64 + 32/(64·256) = 65/512 ≈ 0.127 bit per
-parameter. The second-level code tables offered here:
+parameter.
+
+The arithmetic is bitsandbytes' (CPU), so that ``quantize_4bit(x, double_quant=True)`` stores the
+same bytes as ``bitsandbytes.functional.quantize_4bit(x, quant_type="nf4",
+compress_statistics=True)``: the offset is torch's float32 ``mean`` (like every float32 reduction
+it can change in the last bit with the number of threads), v = c · fl(1/scale), and the nearest
+code is found through a grid of 65,536 points on [−1, 1] (``grid=65536``, see
+:func:`quantize_with_code`): v is first rounded to the nearest grid point, which then takes the
+code entry nearest to it. That differs from the exact nearest entry only for a v within a grid
+step (2/65,535 = 3.1·10⁻⁵) of a midpoint between two entries, and the entry taken is then at
+most one grid step farther from v than the nearest one; ``grid=None`` gives the exact nearest
+entry. A block of constants all equal to the offset has scale 0 and stores code 0.
+
+The second-level code tables offered here:
 
 - ``"dynamic"`` (default, what bitsandbytes uses for the constants): the signed 8-bit dynamic
   tree code of Dettmers et al. 2021 (:func:`dynamic_code`);
@@ -20,10 +33,10 @@ parameter. The second-level code tables offered here:
   QLoRA's text), scaled so that the largest finite value is 1 (:func:`fp8_code`);
 - ``"linear"``: 255 evenly spaced levels in [−1, 1] (a signed int8 absmax code), for comparison.
 
-The exact overhead arithmetic is in :mod:`lora_edu.quant` (re-exported here), and
+The exact overhead arithmetic is in :mod:`lora_edu.quant.arithmetic`, and
 :func:`storage_bits_per_param` measures the overhead from the ``nbytes`` of the stored tensors.
-This module never imports :mod:`lora_edu.quant`; ``nf4.quantize_4bit(..., double_quant=True)``
-calls :func:`quantize_constants`.
+This module imports nothing from the rest of :mod:`lora_edu.quant`;
+``quantize_4bit(..., double_quant=True)`` calls :func:`quantize_constants`.
 """
 
 from __future__ import annotations
@@ -33,14 +46,22 @@ import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from numbers import Integral
 
 import numpy as np
 import torch
 
+from lora_edu.checks import (
+    check_instance,
+    check_int,
+    check_one_of,
+    check_power_of_two,
+    check_tensor,
+)
+
 __all__ = [
     "QuantizedConstants",
     "CODE_NAMES",
+    "BNB_GRID",
     "dynamic_code",
     "fp8_code",
     "linear_code",
@@ -54,6 +75,9 @@ __all__ = [
 ]
 
 CODE_NAMES = ("dynamic", "fp8_e4m3", "fp8_e5m2", "linear")
+
+#: Points of the grid through which bitsandbytes' CPU kernel finds the nearest 8-bit code.
+BNB_GRID = 65536
 
 
 @dataclass
@@ -100,19 +124,22 @@ def dynamic_code(bits: int = 8) -> torch.Tensor:
     The all-zero word is 0; the word that would be "−0" is used for +1 (as in bitsandbytes),
     so the map contains exactly −max, …, 0, …, 1. Returned sorted, float32, ``2**bits``
     entries (for 8 bits: 127 negative values, 0, 127 positive values and 1.0).
+
+    Evaluated in float32 step by step as bitsandbytes' ``create_dynamic_map`` does (bin edges
+    ``torch.linspace(0.1, 1)``, midpoints ``(a + b)/2``, times ``10^-E``), so that the 8-bit map
+    is bit for bit the one bitsandbytes stores; the same formula in float64 differs from it by up
+    to one float32 ulp in 72 of the 256 entries.
     """
-    if isinstance(bits, bool) or not isinstance(bits, Integral):
-        raise TypeError(f"bits must be an int, got {type(bits).__name__}")
-    if not 3 <= bits <= 8:
-        raise ValueError(f"bits must be in [3, 8], got {bits}")
+    bits = check_int("bits", bits, 3, 8)
     m = bits - 1  # bits after the sign
     positive: list[float] = []
     for e in range(m):  # e leading zeros, then the indicator bit, then m - 1 - e fraction bits
         n_bins = 2 ** (m - 1 - e)
-        for j in range(n_bins):
-            positive.append((0.1 + 0.9 * (j + 0.5) / n_bins) * 10.0 ** (-e))
+        edges = torch.linspace(0.1, 1, n_bins + 1, dtype=torch.float32)
+        midpoints = (edges[:-1] + edges[1:]) / 2.0
+        positive += (10.0 ** (-e) * midpoints).tolist()
     values = [0.0, 1.0] + positive + [-v for v in positive]
-    out = torch.tensor(sorted(values), dtype=torch.float64).to(torch.float32)
+    out = torch.tensor(sorted(values), dtype=torch.float32)
     assert out.numel() == 2**bits
     return out
 
@@ -129,8 +156,7 @@ def fp8_code(fmt: str = "e4m3") -> torch.Tensor:
     Non-finite patterns are ``NaN`` in the table. Entry ``i`` is the value of bit pattern ``i``,
     so the stored uint8 codes are genuine FP8 numbers (``codes.view(torch.float8_e4m3fn)``).
     """
-    if fmt not in _FP8:
-        raise ValueError(f"fmt must be one of {sorted(_FP8)}, got {fmt!r}")
+    check_one_of("fmt", fmt, sorted(_FP8))
     n_exp, n_man = _FP8[fmt]
     bias = 2 ** (n_exp - 1) - 1
     values = []
@@ -174,46 +200,64 @@ def second_level_code(code: str | torch.Tensor = "dynamic") -> torch.Tensor:
     """Resolve a second-level code name (one of :data:`CODE_NAMES`) or check a given table.
 
     A tensor must be float, 256 entries, every finite entry in [−1, 1], with at least two
-    finite entries and an exact 0 (so that an all-equal block of constants is reproduced).
+    finite entries, an exact 0 (so that an all-equal block of constants is reproduced) and a
+    finite entry 0 (the code stored for such a block).
     """
+    check_instance("code", code, (str, torch.Tensor))
     if isinstance(code, str):
-        if code not in CODE_NAMES:
-            raise ValueError(f"code must be one of {CODE_NAMES} or a tensor, got {code!r}")
+        check_one_of("code", code, CODE_NAMES)
         return _named_code(code).clone()
-    if not isinstance(code, torch.Tensor):
-        raise TypeError(f"code must be a str or a torch.Tensor, got {type(code).__name__}")
-    if not code.is_floating_point() or code.shape != (256,):
-        raise ValueError(f"code must be a float tensor of shape (256,), got {code.dtype} "
-                         f"{tuple(code.shape)}")
-    code = code.detach().to(torch.float32)
+    if not code.is_floating_point():
+        raise TypeError(f"code must have a floating-point dtype, got {code.dtype}")
+    if code.shape != (256,):
+        raise ValueError(f"code must have shape (256,), got {tuple(code.shape)}")
+    code = code.detach().to(device="cpu", dtype=torch.float32)
     finite = code[torch.isfinite(code)]
     if finite.numel() < 2 or finite.abs().max() > 1 or not bool((finite == 0).any()):
         raise ValueError("code must have >= 2 finite entries in [-1, 1], including an exact 0")
+    if not bool(torch.isfinite(code[0])):
+        raise ValueError("code[0] must be finite (it is the code of a block of equal constants)")
     return code
 
 
-def quantize_with_code(values: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+def quantize_with_code(values: torch.Tensor, code: torch.Tensor, *,
+                       grid: int | None = None) -> torch.Tensor:
     """Index of the nearest entry of ``code`` for each value in [−1, 1] (ties go to the lower one).
 
     Works for any table order (the FP8 tables are indexed by bit pattern): the finite entries are
-    sorted, the thresholds are the midpoints of neighbours, a binary search
-    (``numpy.searchsorted``) counts the thresholds strictly below each value, and that bin is
-    mapped back to its table index. Non-finite table entries are never chosen. Returns uint8
-    when the table has ≤ 256 entries, else int64.
+    sorted, the thresholds are the midpoints of neighbours, and the thresholds strictly below a
+    value are counted (a binary search, ``numpy.searchsorted``); that bin is mapped back to its
+    table index. Non-finite table entries are never chosen. Values are clipped to [−1, 1].
+
+    ``grid=None`` (default) finds the exact nearest entry. ``grid=G`` does what bitsandbytes'
+    CPU kernel does (with G = :data:`BNB_GRID` = 65,536): each value is first rounded to one of
+    G points on [−1, 1], index ⌊(v + 1)·½·(G − 1) + ½⌋ computed in float32, and every grid point
+    takes the entry nearest to it (float32 midpoints). The result differs from the exact nearest
+    entry only for values within a grid step 2/(G − 1) of a midpoint, and is then at most one
+    grid step farther from the value. Returns uint8 when the table has ≤ 256 entries, else
+    int64.
     """
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
-    if not isinstance(code, torch.Tensor) or not code.is_floating_point():
-        raise TypeError("code must be a floating torch.Tensor")
+    check_tensor("values", values)
+    check_tensor("code", code, floating=True)
+    if grid is not None:
+        grid = check_int("grid", grid, 2, 2**24)
     v = values.detach().to(torch.float32).numpy(force=True)
     if not np.isfinite(v).all():
-        raise ValueError("values must be finite")
+        raise ValueError("values must hold only finite values (no NaN or inf)")
     if int(np.isfinite(code.detach().to(torch.float32).numpy(force=True)).sum()) < 1:
         raise ValueError("code must have at least one finite entry")
-    lut, thresholds = _code_search_tables(code)
-    pos = np.searchsorted(thresholds, v, side="left")  # thresholds strictly below the value
-    out = torch.from_numpy(lut[pos])
+    out = torch.from_numpy(_nearest_codes(np.clip(v, -1.0, 1.0), code, grid))
     return out.to(torch.uint8) if code.numel() <= 256 else out
+
+
+def _nearest_codes(v: np.ndarray, code: torch.Tensor, grid: int | None) -> np.ndarray:
+    """Table indices (int64) of the entries nearest to float32 values v ∈ [−1, 1]."""
+    if grid is None:
+        lut, thresholds = _code_search_tables(code)
+        return lut[np.searchsorted(thresholds, v, side="left")]
+    f32 = np.float32
+    points = ((v + f32(1)) * f32(0.5)) * f32(grid - 1) + f32(0.5)  # float32, step by step
+    return _grid_lut(code, grid)[points.astype(np.int64)]
 
 
 def _code_search_tables(code: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -227,26 +271,45 @@ def _code_search_tables(code: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return idx[order].astype(np.int64), thresholds
 
 
+def _grid_lut(code: torch.Tensor, grid: int) -> np.ndarray:
+    """Table index of the entry nearest to each of the ``grid`` points −1 + 2i/(grid − 1).
+
+    As bitsandbytes builds it, in float32: the midpoints ½·(a + b) of sorted neighbours, the
+    points −1 + (2i)/(grid − 1), and for each point the number of midpoints below it.
+    """
+    key = (tuple(code.detach().to(torch.float32).numpy(force=True).tolist()), grid)
+    return _grid_lut_cached(*key)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_lut_cached(code: tuple[float, ...], grid: int) -> np.ndarray:
+    f32 = np.float32
+    c = np.array(code, dtype=f32)
+    idx = np.flatnonzero(np.isfinite(c))
+    order = np.argsort(c[idx], kind="stable")
+    s = c[idx][order]
+    midpoints = f32(0.5) * (s[:-1] + s[1:])
+    points = f32(-1) + (f32(2) * np.arange(grid, dtype=f32)) / f32(grid - 1)
+    lut = idx[order].astype(np.int64)[np.searchsorted(midpoints, points, side="left")]
+    lut.flags.writeable = False
+    return lut
+
+
 # --------------------------------------------------------------------------- the mechanism
 
-def _check_blocksize2(blocksize2: object) -> int:
-    if isinstance(blocksize2, bool) or not isinstance(blocksize2, Integral):
-        raise TypeError(f"blocksize2 must be an int, got {type(blocksize2).__name__}")
-    blocksize2 = int(blocksize2)
-    if blocksize2 < 2 or blocksize2 & (blocksize2 - 1):
-        raise ValueError(f"blocksize2 must be a power of two >= 2, got {blocksize2}")
-    return blocksize2
-
-
 def quantize_constants(absmax: torch.Tensor, blocksize2: int = 256,
-                       code: str | torch.Tensor = "dynamic", *,
-                       center: bool = True) -> QuantizedConstants:
+                       code: str | torch.Tensor = "dynamic", *, center: bool = True,
+                       grid: int | None = BNB_GRID) -> QuantizedConstants:
     """Double-quantize a vector of first-level constants (QLoRA §3, source §4.2(2)).
 
     ``offset = mean(absmax)`` (``0`` if ``center`` is False); ``c = absmax − offset``; per block
-    of ``blocksize2`` values ``scale = max|c|`` and ``codes = nearest(code, c / scale)``. The last
-    block may be partial (no padding is stored). A block whose values are all equal to the offset
-    has scale 0 and decodes exactly to the offset.
+    of ``blocksize2`` values ``scale = max|c|`` and ``codes = nearest(code, c · (1/scale))``. The
+    last block may be partial (no padding is stored). A block whose values all equal the offset
+    has scale 0, stores code 0 and decodes exactly to the offset.
+
+    Computed as bitsandbytes does on the CPU (float32 throughout, the offset by torch's float32
+    ``mean``, the nearest code through a grid of :data:`BNB_GRID` points), so that the stored
+    tensors are byte-identical to its ``quantize_blockwise(absmax − offset, blocksize=256)``.
 
     Parameters
     ----------
@@ -258,37 +321,38 @@ def quantize_constants(absmax: torch.Tensor, blocksize2: int = 256,
         ``"dynamic"`` (default), ``"fp8_e4m3"``, ``"fp8_e5m2"``, ``"linear"`` or a 256-entry table.
     center:
         Subtract the mean first (QLoRA / bitsandbytes do). False is offered to show why it helps.
+    grid:
+        ``BNB_GRID`` (default): bitsandbytes' grid search; ``None``: the exact nearest entry
+        (see :func:`quantize_with_code`).
     """
-    if not isinstance(absmax, torch.Tensor):
-        raise TypeError(f"absmax must be a torch.Tensor, got {type(absmax).__name__}")
-    if not absmax.is_floating_point():
-        raise TypeError(f"absmax must be a floating tensor, got {absmax.dtype}")
-    if absmax.dim() != 1:
-        raise ValueError(f"absmax must be 1-D, got shape {tuple(absmax.shape)}")
-    blocksize2 = _check_blocksize2(blocksize2)
+    check_tensor("absmax", absmax, 1, floating=True)
+    blocksize2 = check_power_of_two("blocksize2", blocksize2, 2)
     table = second_level_code(code)
-    if not isinstance(center, bool):
-        raise TypeError(f"center must be a bool, got {type(center).__name__}")
+    check_instance("center", center, bool)
+    if grid is not None:
+        grid = check_int("grid", grid, 2, 2**24)
+    a = absmax.detach().to(device="cpu", dtype=torch.float32).contiguous()
     # The constants are 1/blocksize of the weights: small vectors, done in NumPy (one thread, no
-    # thread-pool wake-ups), float32 throughout as in torch.
-    a = absmax.detach().to(device="cpu", dtype=torch.float32).numpy()
-    n = a.size
-    # one float64 pass gives both the finiteness check (NaN/inf propagate) and the mean
-    total = a.sum(dtype=np.float64)
-    if not np.isfinite(total):
-        raise ValueError("absmax must be finite (no NaN or inf constants)")
-    offset = np.float32(total / n) if center and n else np.float32(0.0)
+    # thread-pool wake-ups when the machine is busy), float32 throughout as in torch. Only the
+    # mean is torch's, whose float32 summation order bitsandbytes' offset depends on.
+    a_np = a.numpy()
+    n = a_np.size
+    if not np.isfinite(a_np).all():
+        raise ValueError("absmax must hold only finite values (no NaN or inf)")
+    offset = a.mean() if center and n else torch.tensor(0.0)  # torch's float32 mean
+    if not bool(torch.isfinite(offset)):
+        raise ValueError("absmax: the mean of the constants overflows float32")
+    centred = a_np - np.float32(offset.item())
     n_blocks = -(-n // blocksize2)
-    centred = np.zeros(n_blocks * blocksize2, dtype=np.float32)  # last block zero-padded
-    np.subtract(a, offset, out=centred[:n])
-    blocks = centred.reshape(n_blocks, blocksize2)
-    scales = np.abs(blocks).max(axis=1) if n_blocks else np.zeros(0, dtype=np.float32)
+    padded = np.zeros(n_blocks * blocksize2, dtype=np.float32)  # the last block zero-padded
+    padded[:n] = centred
+    scales = np.abs(padded.reshape(n_blocks, blocksize2)).max(axis=1) if n_blocks \
+        else np.zeros(0, dtype=np.float32)
     inv = np.divide(np.float32(1.0), scales, out=np.zeros_like(scales), where=scales > 0)
-    blocks *= inv[:, None]
-    np.clip(blocks, -1.0, 1.0, out=blocks)
-    lut, thresholds = _code_search_tables(table)
-    codes = lut.astype(np.uint8)[np.searchsorted(thresholds, centred[:n], side="left")]
-    return QuantizedConstants(offset=torch.tensor(offset, dtype=torch.float32),
+    v = np.clip(centred * np.repeat(inv, blocksize2)[:n], np.float32(-1), np.float32(1))
+    codes = _nearest_codes(v, table, grid).astype(np.uint8)
+    codes[np.repeat(scales == 0, blocksize2)[:n]] = 0  # a block of equal constants: code 0
+    return QuantizedConstants(offset=offset.to(torch.float32).reshape(()),
                               codes=torch.from_numpy(codes),
                               scales=torch.from_numpy(np.ascontiguousarray(scales)),
                               code=table, blocksize2=blocksize2, n=n)
@@ -296,8 +360,7 @@ def quantize_constants(absmax: torch.Tensor, blocksize2: int = 256,
 
 def dequantize_constants(qc: QuantizedConstants) -> torch.Tensor:
     """Rebuild the constants: ``code[codes] · scales[block] + offset``, float32 of length ``n``."""
-    if not isinstance(qc, QuantizedConstants):
-        raise TypeError(f"qc must be a QuantizedConstants, got {type(qc).__name__}")
+    check_instance("qc", qc, QuantizedConstants)
     n, bs2 = qc.n, qc.blocksize2
     if qc.codes.dtype != torch.uint8 or qc.codes.shape != (n,):
         raise ValueError(f"qc.codes must be uint8 of shape ({n},), got {qc.codes.dtype} "
@@ -349,9 +412,7 @@ def storage_bits(q: object, *, count_code_tables: bool = False) -> int:
     """
     if not (dataclasses.is_dataclass(q) and not isinstance(q, type)):
         raise TypeError(f"q must be a quantized dataclass instance, got {type(q).__name__}")
-    if not isinstance(count_code_tables, bool):
-        raise TypeError("count_code_tables must be a bool, got "
-                        f"{type(count_code_tables).__name__}")
+    check_instance("count_code_tables", count_code_tables, bool)
     return _tensor_bits(q, count_code_tables, None)
 
 
@@ -373,8 +434,7 @@ def storage_bits_per_param(q: object, *, count_code_tables: bool = False,
     quantization and 4 + 65/512 + 32/4096² (the last term is the one float32 offset) with it.
     ``exact=True`` returns the :class:`~fractions.Fraction` instead of a float.
     """
-    if not isinstance(exact, bool):
-        raise TypeError(f"exact must be a bool, got {type(exact).__name__}")
+    check_instance("exact", exact, bool)
     bits = storage_bits(q, count_code_tables=count_code_tables)
     n = parameter_count(q)
     if n <= 0:
