@@ -5,6 +5,10 @@ self-attention) and "everything else is frozen" (冻结其余模块). :func:`inj
 operation in general form: it finds ``nn.Linear`` submodules by (dotted-suffix) name, freezes every
 parameter the model already has, and swaps each match for ``factory(linear)``. LoRA
 (:func:`lora_edu.lora.apply_lora`) and AdaLoRA build on it with their own factories.
+
+Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type, ``ValueError``
+for a wrong value, naming the argument). Nothing here touches global state: the only thing changed
+is the model passed in.
 """
 
 from __future__ import annotations
@@ -13,11 +17,23 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from lora_edu.checks import check_instance
+
 __all__ = ["inject_adapters", "count_parameters", "find_linear_targets", "normalize_targets"]
+
+
+def _callable(name: str, value: object) -> Callable:
+    # (no shared check for callables in lora_edu.checks)
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
 
 
 def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:
     """Validate ``target_modules`` and return it as a tuple of non-empty names.
+
+    The names of the weight matrices LoRA is applied to (source §2.3 (1): preferably
+    ``("q_proj", "v_proj")``). A single str is one name.
 
     Raises
     ------
@@ -28,14 +44,11 @@ def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:
     """
     if isinstance(target_modules, str):
         targets: tuple[str, ...] = (target_modules,)
-    elif isinstance(target_modules, Sequence):
-        targets = tuple(target_modules)
-        if not all(isinstance(t, str) for t in targets):
-            raise TypeError("target_modules must be a str or a sequence of str, got "
-                            f"{[type(t).__name__ for t in targets]}")
     else:
-        raise TypeError("target_modules must be a str or a sequence of str, got "
-                        f"{type(target_modules).__name__}")
+        check_instance("target_modules", target_modules, (str, Sequence))
+        targets = tuple(target_modules)
+        for i, t in enumerate(targets):
+            check_instance(f"target_modules[{i}]", t, str)
     if not targets:
         raise ValueError("target_modules must name at least one module, got an empty sequence")
     if any(not t or t.startswith(".") or t.endswith(".") for t in targets):
@@ -52,10 +65,10 @@ def find_linear_targets(model: nn.Module, target_modules: str | Sequence[str]) -
 
     A module named ``blocks.0.attn.q_proj`` is selected by the target ``"q_proj"``, by
     ``"attn.q_proj"`` or by the full name (equality or a match after a ``"."``), never by a
-    partial word such as ``"proj"``. Returns an empty list when nothing matches.
+    partial word such as ``"proj"``. Returns an empty list when nothing matches. The matrices
+    source §2.3 (1) adapts are these layers' weights W0 ∈ ℝ^{d×k} (``nn.Linear``: out × in).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
     targets = normalize_targets(target_modules)
     return sorted(name for name, module in model.named_modules()
                   if name and isinstance(module, nn.Linear) and _matches(name, targets))
@@ -67,7 +80,7 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
 
     Every parameter the model holds before the call gets ``requires_grad=False``, so only the
     parameters created by ``factory`` (the adapter's, e.g. LoRA's B and A) stay trainable — the
-    frozen main path of source §2.1 (1).
+    frozen main path of source §2.1 (1): h = W0·x + ΔW·x with only the adapter's ΔW trainable.
 
     Parameters
     ----------
@@ -91,8 +104,8 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
         ``factory`` does not return an ``nn.Module``. On any error the model is left unchanged:
         all replacements are built before the first one is installed.
     """
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    check_instance("model", model, nn.Module)
+    _callable("factory", factory)
     names = find_linear_targets(model, target_modules)
     if not names:
         linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -106,9 +119,7 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
     try:
         for name in names:
             new = factory(modules[name])
-            if not isinstance(new, nn.Module):
-                raise TypeError(f"factory must return an nn.Module, got {type(new).__name__} "
-                                f"for {name!r}")
+            check_instance(f"factory's result for {name!r}", new, nn.Module)
             replacements[name] = new
     except BaseException:
         for p in model.parameters():
@@ -127,10 +138,9 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """Return ``(trainable, total)`` element counts of ``model``'s parameters.
 
     Shared tensors are counted once. For LoRA on a d×k matrix the trainable part is
-    r·(d + k) instead of d·k (source §2.1 (3)).
+    r·(d + k) instead of d·k (source §2.1 (3)). ``model`` must be an ``nn.Module``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
     trainable = total = 0
     for p in model.parameters():  # parameters() already deduplicates shared tensors
         total += p.numel()

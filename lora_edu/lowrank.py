@@ -8,15 +8,34 @@ the Eckart–Young theorem, the best rank-r approximation in the Frobenius (and 
 Written as a product W_r = B·A with B ∈ ℝ^{d×r} and A ∈ ℝ^{r×k}, it needs r·(d + k) numbers instead
 of d·k: the parameter count of a LoRA bypass (source §2.1 (3)).
 
-Functions accept a 2-D ``torch.Tensor`` or ``numpy.ndarray`` and return the same kind.
+Matrix functions accept a finite, non-empty 2-D ``torch.Tensor`` or ``numpy.ndarray`` and return
+the same kind. Spectrum functions (:func:`truncation_error`, :func:`energy_curve`,
+:func:`effective_rank`) take singular values σ as a non-empty 1-D tensor, array or sequence of
+finite, non-negative numbers **sorted in descending order**, as :func:`singular_values` (or
+``torch.linalg.svdvals``) returns them. Unsorted σ is rejected with ``ValueError``, not sorted
+silently: the formulas index σ by position (Σ_{i>r} means "all but the r largest"), and an
+unsorted input usually means the numbers are not singular values — e.g. eigenvalues from
+``eigvalsh``, which come in ascending order.
+
+Every function checks its arguments with :mod:`lora_edu.checks`: a wrong type raises
+``TypeError``, a wrong value ``ValueError``, both naming the argument.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from lora_edu.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_sorted_descending,
+    check_tensor,
+)
 
 __all__ = [
     "singular_values",
@@ -32,28 +51,48 @@ __all__ = [
 ArrayLike = torch.Tensor | np.ndarray
 
 
-def _as_matrix(W: ArrayLike, name: str = "W") -> torch.Tensor:
+def _from_numpy(name: str, value: np.ndarray) -> torch.Tensor:
+    """A numpy array as a tensor (copied only when torch cannot share its memory)."""
+    if value.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must hold numbers, got a numpy array of dtype {value.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("=")))
+
+
+def _as_matrix(W: object, name: str = "W") -> torch.Tensor:
     """Validate a finite, non-empty 2-D matrix and return it as a torch tensor."""
-    if isinstance(W, np.ndarray):
-        W = torch.from_numpy(W)
-    if not isinstance(W, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(W).__name__}")
-    if W.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (d x k), got {W.ndim}-D with shape {tuple(W.shape)}")
-    if W.numel() == 0:
-        raise ValueError(f"{name} must not be empty, got shape {tuple(W.shape)}")
-    if not (W.is_floating_point() or W.is_complex()):
-        W = W.to(torch.float64)
-    if not torch.isfinite(W).all():
-        raise ValueError(f"{name} must contain only finite values (no NaN or inf)")
-    return W
+    check_instance(name, W, (torch.Tensor, np.ndarray))
+    M = _from_numpy(name, W) if isinstance(W, np.ndarray) else W
+    check_tensor(name, M, 2)
+    if M.numel() == 0:  # (no shared check for non-empty tensors)
+        raise ValueError(f"{name} must not be empty, got shape {tuple(M.shape)}")
+    if not (M.is_floating_point() or M.is_complex()):
+        M = M.to(torch.float64)
+    if not bool(torch.isfinite(M).all()):  # check_tensor(finite=True) covers real dtypes only
+        raise ValueError(f"{name} must hold only finite values (no NaN or inf)")
+    return M
 
 
-def _check_rank(r: int, d: int, k: int) -> None:
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
-        raise TypeError(f"r must be an int, got {type(r).__name__}")
-    if not 1 <= r <= min(d, k):
-        raise ValueError(f"r must satisfy 1 <= r <= min(d, k) = {min(d, k)}, got {r}")
+def _as_spectrum(sigma: object, name: str = "sigma") -> torch.Tensor:
+    """Validate singular values: non-empty, 1-D, real, finite, ≥ 0, descending; as float64."""
+    if isinstance(sigma, np.ndarray):
+        s = _from_numpy(name, sigma)
+    elif isinstance(sigma, torch.Tensor):
+        s = sigma.detach().cpu()
+    elif isinstance(sigma, Sequence) and not isinstance(sigma, str | bytes):
+        for i, v in enumerate(sigma):
+            check_float(f"{name}[{i}]", v, finite=False)
+        s = torch.tensor([float(v) for v in sigma], dtype=torch.float64)
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor, numpy.ndarray or sequence of numbers, "
+                        f"got {type(sigma).__name__}")
+    if s.is_complex():
+        raise TypeError(f"{name} must be real (singular values), got dtype {s.dtype}")
+    s = check_tensor(name, s.to(torch.float64), 1, finite=True)
+    if s.numel() == 0:  # (no shared check for non-empty tensors)
+        raise ValueError(f"{name} must not be empty")
+    if bool((s < 0).any()):  # (no shared check for non-negative entries)
+        raise ValueError(f"{name} must be >= 0 (singular values), got min {float(s.min())}")
+    return check_sorted_descending(name, s)
 
 
 def _like(result: torch.Tensor, template: ArrayLike) -> ArrayLike:
@@ -66,21 +105,33 @@ def _compute_dtype(W: torch.Tensor) -> torch.dtype:
 
 
 def singular_values(W: ArrayLike) -> ArrayLike:
-    """Singular values σ₁ ≥ … ≥ σ_min(d,k) of a 2-D matrix W (same kind as the input)."""
+    """Singular values σ₁ ≥ … ≥ σ_min(d,k) ≥ 0 of a 2-D matrix W = U·diag(σ)·Vᵀ (source §2.1).
+
+    Returned in descending order, as the spectrum functions of this module expect, and of the same
+    kind (tensor or array) as ``W``; integer input is computed in float64, half precision in
+    float32.
+
+    Raises ``TypeError`` if ``W`` is not a tensor/array of numbers, ``ValueError`` if it is not
+    2-D, is empty or holds NaN/inf.
+    """
     M = _as_matrix(W)
     return _like(torch.linalg.svdvals(M.to(_compute_dtype(M))), W)
 
 
 def low_rank_factors(W: ArrayLike, r: int) -> tuple[ArrayLike, ArrayLike]:
-    """Factors B ∈ ℝ^{d×r}, A ∈ ℝ^{r×k} with B·A the best rank-r approximation of W.
+    """Factors B ∈ ℝ^{d×r}, A ∈ ℝ^{r×k} with B·A the best rank-r approximation of W (source §2.1).
 
     The singular values are split evenly: B = U_r·diag(√σ_r), A = diag(√σ_r)·V_rᵀ, so both
     factors have the same scale (the "balanced" factorisation). Eckart–Young: no other pair of
-    d×r and r×k matrices gets closer to W in Frobenius norm.
+    d×r and r×k matrices gets closer to W in Frobenius norm; together they hold r·(d + k)
+    numbers (source §2.1 (3)).
+
+    ``r`` is an int (Python or numpy) with 1 ≤ r ≤ min(d, k): ``TypeError``/``ValueError``
+    otherwise. ``W`` is checked as in :func:`singular_values`.
     """
     M = _as_matrix(W)
     d, k = M.shape
-    _check_rank(r, d, k)
+    r = check_int("r", r, 1, min(d, k))
     U, S, Vh = torch.linalg.svd(M.to(_compute_dtype(M)), full_matrices=False)
     root = S[:r].sqrt()
     B = (U[:, :r] * root).to(M.dtype)
@@ -89,73 +140,72 @@ def low_rank_factors(W: ArrayLike, r: int) -> tuple[ArrayLike, ArrayLike]:
 
 
 def best_rank_r(W: ArrayLike, r: int) -> ArrayLike:
-    """Best rank-r approximation W_r = U_r·diag(σ_r)·V_rᵀ of W (Eckart–Young, 1936).
+    """Best rank-r approximation W_r = U_r·diag(σ_r)·V_rᵀ of W (Eckart–Young, 1936; source §2.1).
 
-    ‖W − W_r‖_F = sqrt(Σ_{i>r} σ_i²) is the smallest Frobenius error of any matrix of rank ≤ r.
+    ‖W − W_r‖_F = sqrt(Σ_{i>r} σ_i²) is the smallest Frobenius error of any matrix of rank ≤ r
+    (see :func:`truncation_error`). Arguments are checked as in :func:`low_rank_factors`.
     """
     B, A = low_rank_factors(W, r)
     return B @ A
 
 
-def truncation_error(sigma: ArrayLike, r: int) -> float:
-    """Frobenius error of the best rank-r approximation: sqrt(Σ_{i>r} σ_i²)."""
-    s = torch.as_tensor(np.asarray(sigma) if isinstance(sigma, np.ndarray) else sigma)
-    if s.ndim != 1 or s.numel() == 0:
-        raise ValueError("sigma must be a non-empty 1-D array of singular values")
-    if not torch.isfinite(s).all() or (s < 0).any():
-        raise ValueError("sigma must contain finite, non-negative singular values")
-    if isinstance(r, bool) or not isinstance(r, (int, np.integer)):
-        raise TypeError(f"r must be an int, got {type(r).__name__}")
-    if not 0 <= r <= s.numel():
-        raise ValueError(f"r must satisfy 0 <= r <= len(sigma) = {s.numel()}, got {r}")
-    tail = s.to(torch.float64)[r:]
+def truncation_error(sigma: ArrayLike | Sequence[float], r: int) -> float:
+    """Frobenius error of the best rank-r approximation: ‖W − W_r‖_F = sqrt(Σ_{i>r} σ_i²).
+
+    The Eckart–Young error of source §2.1's low-rank approximation, from the singular values
+    alone. ``sigma`` must be sorted in descending order (see the module docstring: unsorted input
+    raises ``ValueError``, because "the tail after the r largest" is read by position); ``r`` is an
+    int with 0 ≤ r ≤ len(sigma) (r = 0 gives ‖W‖_F, r = len(sigma) gives 0).
+    """
+    s = _as_spectrum(sigma)
+    r = check_int("r", r, 0, s.numel())
+    tail = s[r:]
     return math.sqrt(float((tail**2).sum()))
 
 
-def _check_positive_int(value: int, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-
-
 def factorization_params(d: int, k: int, r: int) -> int:
-    """Number of parameters of B ∈ ℝ^{d×r} and A ∈ ℝ^{r×k}: r·(d + k) (source §2.1 (3))."""
-    for value, name in ((d, "d"), (k, "k"), (r, "r")):
-        _check_positive_int(value, name)
-    if r > min(d, k):
-        raise ValueError(f"r must satisfy 1 <= r <= min(d, k) = {min(d, k)}, got {r}")
-    return int(r) * (int(d) + int(k))
+    """Number of parameters of B ∈ ℝ^{d×r} and A ∈ ℝ^{r×k}: r·(d + k) (source §2.1 (3)).
+
+    ``d``, ``k`` are ints ≥ 1 and ``r`` an int with 1 ≤ r ≤ min(d, k).
+    """
+    d = check_int("d", d, 1)
+    k = check_int("k", k, 1)
+    r = check_int("r", r, 1, min(d, k))
+    return r * (d + k)
 
 
 def param_fraction(d: int, k: int, r: int) -> float:
-    """Fraction r·(d + k) / (d·k) of the full matrix's parameters a rank-r factorisation needs."""
-    return factorization_params(d, k, r) / (int(d) * int(k))
+    """Fraction r·(d + k) / (d·k) of the full matrix's parameters that a rank-r factorisation needs.
+
+    Source §2.1 (3): trainable parameters drop from d×k to d×r + r×k (e.g. 1/256 for d = k = 4096,
+    r = 8). Arguments are checked as in :func:`factorization_params`.
+    """
+    n = factorization_params(d, k, r)
+    return n / (check_int("d", d) * check_int("k", k))
 
 
-def energy_curve(sigma: ArrayLike) -> np.ndarray:
-    """Cumulative energy E(r) = Σ_{i≤r} σ_i² / Σ_i σ_i² for r = 1 … len(σ) (a float64 array)."""
-    s = np.asarray(sigma.detach().cpu() if isinstance(sigma, torch.Tensor) else sigma,
-                   dtype=np.float64)
-    if s.ndim != 1 or s.size == 0:
-        raise ValueError("sigma must be a non-empty 1-D array of singular values")
-    if not np.isfinite(s).all() or (s < 0).any():
-        raise ValueError("sigma must contain finite, non-negative singular values")
-    total = float((s**2).sum())
+def energy_curve(sigma: ArrayLike | Sequence[float]) -> np.ndarray:
+    """Cumulative energy E(r) = Σ_{i≤r} σ_i² / Σ_i σ_i² for r = 1 … len(σ) (a float64 array).
+
+    How much of ‖W‖_F² = Σσ² the best rank-r approximation keeps (source §2.1), so
+    1 − E(r) = truncation_error(σ, r)² / ‖W‖_F². ``sigma`` as in :func:`truncation_error`
+    (descending); all zeros raise ``ValueError`` (a zero matrix has no energy to share).
+    """
+    energy = _as_spectrum(sigma).numpy() ** 2
+    total = float(energy.sum())
     if total == 0.0:
         raise ValueError("sigma must not be all zeros (the matrix has no energy)")
-    return np.cumsum(np.sort(s)[::-1] ** 2) / total
+    return np.cumsum(energy) / total
 
 
-def effective_rank(sigma: ArrayLike, energy: float = 0.9) -> int:
-    """Smallest r whose top-r singular values hold at least ``energy`` of Σσ² (0 < energy ≤ 1).
+def effective_rank(sigma: ArrayLike | Sequence[float], energy: float = 0.9) -> int:
+    """Smallest r with E(r) = Σ_{i≤r} σ_i² / Σ_i σ_i² ≥ ``energy`` (0 < energy ≤ 1).
 
-    The "intrinsic rank" of an update ΔW at a given energy threshold (source §2.1).
+    The "intrinsic rank" of an update ΔW at a given energy threshold: source §2.1 says ΔW has a low
+    intrinsic rank (低内在秩). ``sigma`` as in :func:`energy_curve`; ``energy`` a real number
+    (Python or numpy) in (0, 1].
     """
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)):
-        raise TypeError(f"energy must be a float, got {type(energy).__name__}")
-    if not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy must satisfy 0 < energy <= 1, got {energy}")
+    energy = check_float("energy", energy, 0.0, 1.0, min_inclusive=False)
     curve = energy_curve(sigma)
     # A tiny slack absorbs rounding when energy is exactly reached (e.g. energy=1.0).
     return int(np.searchsorted(curve, energy - 1e-12) + 1)

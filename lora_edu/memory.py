@@ -9,15 +9,23 @@ chapter can print the exact value next to what the paper prints.
 
 A second group *measures* the bytes a real PyTorch training step holds (parameters, gradients,
 optimizer states, saved activations), for the toy-scale comparison of chapter 2.
+
+Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type, ``ValueError``
+for a wrong value, naming the argument); counts are ints (Python or numpy), byte sizes and speeds
+real numbers. The module holds no mutable state: :data:`PAPER` is a read-only mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from numbers import Integral
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
+
+from lora_edu.checks import check_float, check_instance, check_int
 
 __all__ = [
     "TransformerShape",
@@ -41,12 +49,22 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TransformerShape:
-    """What the parameter arithmetic needs: width, depth and the total parameter count."""
+    """What the parameter arithmetic needs: width, depth and the total parameter count.
+
+    ``name`` is a str; ``d_model``, ``n_layers`` and ``n_params`` are ints ≥ 1 (numpy ints are
+    stored as Python ints). A d_model×d_model attention matrix has d = k = d_model in the
+    d·r + r·k count of source §2.1 (3).
+    """
 
     name: str
     d_model: int
     n_layers: int
     n_params: int
+
+    def __post_init__(self) -> None:
+        check_instance("name", self.name, str)
+        for field in ("d_model", "n_layers", "n_params"):
+            object.__setattr__(self, field, check_int(field, getattr(self, field), 1))
 
 
 #: GPT-3 175B as in the LoRA paper: d_model 12,288, 96 layers, 175,255.8 M trainable parameters
@@ -55,7 +73,8 @@ GPT3_175B = TransformerShape("GPT-3 175B", d_model=12_288, n_layers=96,
                              n_params=175_255_800_000)
 
 #: Figures as the LoRA paper prints them (for side-by-side tables; never used in arithmetic).
-PAPER = {
+#: A read-only mapping, so that no caller can change what a later one reads.
+PAPER: Mapping[str, object] = MappingProxyType({
     "params_r1_qv": "4.7M",
     "params_r4_qv": "18M / 18.8M",
     "params_r8_qv": "37.7M",
@@ -68,81 +87,98 @@ PAPER = {
     "document_checkpoint_factor": 10_000,
     "document_memory_saving": 2 / 3,
     "document_speedup": 0.25,
-}
+})
 
 
-def _pos_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
+def _callable(name: str, value: object) -> Callable:
+    # (no shared check for callables in lora_edu.checks)
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
     return value
 
 
-def _nonneg(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+def _number(name: str, value: object, minimum: float = 0.0, inclusive: bool = True) -> float:
+    """A real number >= minimum (> if not inclusive); ints stay ints so exact sums print exactly."""
+    checked = check_float(name, value, minimum, min_inclusive=inclusive)
+    return int(value) if isinstance(value, Integral) else checked
 
 
 def lora_matrix_params(d: int, k: int, r: int) -> int:
-    """Trainable parameters of LoRA on one d×k matrix: d·r + r·k (source §2.1 (3))."""
-    return _pos_int("d", d) * _pos_int("r", r) + r * _pos_int("k", k)
+    """Trainable parameters of LoRA on one d×k matrix: d·r + r·k (source §2.1 (3)).
+
+    ``d``, ``k`` and ``r`` are ints ≥ 1 (r > min(d, k) is allowed here: it is only a count).
+    """
+    d, k, r = check_int("d", d, 1), check_int("k", k, 1), check_int("r", r, 1)
+    return d * r + r * k
 
 
 def lora_trainable_params(shape: TransformerShape, r: int, matrices_per_layer: int = 2) -> int:
     """|Θ| = 2·L̂·d_model·r for square d_model×d_model matrices (LoRA paper §7.1).
 
     L̂ = ``matrices_per_layer`` × ``shape.n_layers`` adapted matrices (2 for W_q and W_v; 4 for
-    W_q, W_k, W_v, W_o), each contributing d·r + r·k = 2·d_model·r.
+    W_q, W_k, W_v, W_o), each contributing d·r + r·k = 2·d_model·r (source §2.1 (3), §2.3 (1)).
+    ``shape`` is a :class:`TransformerShape`; ``r`` and ``matrices_per_layer`` are ints ≥ 1.
     """
-    if not isinstance(shape, TransformerShape):
-        raise TypeError(f"shape must be a TransformerShape, got {type(shape).__name__}")
-    l_hat = _pos_int("matrices_per_layer", matrices_per_layer) * shape.n_layers
-    return 2 * l_hat * shape.d_model * _pos_int("r", r)
+    check_instance("shape", shape, TransformerShape)
+    l_hat = check_int("matrices_per_layer", matrices_per_layer, 1) * shape.n_layers
+    return 2 * l_hat * shape.d_model * check_int("r", r, 1)
 
 
 def reduction_factor(total: int, trainable: int) -> float:
-    """How many times fewer parameters are trained: total / trainable (e.g. ≈ 9,285 for GPT-3)."""
-    _pos_int("total", total)
-    _pos_int("trainable", trainable)
-    return total / trainable
+    """How many times fewer parameters are trained: total / trainable (source §2.2, 1).
+
+    For GPT-3 175B with LoRA r = 4 on W_q, W_v: ≈ 9,285, the document's "10000倍". Both are ints
+    ≥ 1.
+    """
+    return check_int("total", total, 1) / check_int("trainable", trainable, 1)
 
 
 def adapter_checkpoint_bytes(n_adapter_params: int, bytes_per_param: float = 2) -> float:
-    """Bytes of an adapter-only checkpoint: parameters × bytes each (fp16: 2)."""
-    _pos_int("n_adapter_params", n_adapter_params)
-    return n_adapter_params * _nonneg("bytes_per_param", bytes_per_param)
+    """Bytes of an adapter-only checkpoint: n_adapter_params × bytes_per_param (fp16: 2).
+
+    The checkpoint of source §2.2, 1 ("仅存小矩阵A/B"): 37,748,736 bytes for GPT-3 with r = 4 on
+    W_q, W_v. ``n_adapter_params`` is an int ≥ 1, ``bytes_per_param`` a number ≥ 0.
+    """
+    n = check_int("n_adapter_params", n_adapter_params, 1)
+    return n * _number("bytes_per_param", bytes_per_param)
 
 
 def full_checkpoint_bytes(shape: TransformerShape, bytes_per_param: float = 2) -> float:
-    """Bytes of a full checkpoint (fp16: 2 bytes/parameter; GPT-3 175B → 350.5 GB)."""
-    if not isinstance(shape, TransformerShape):
-        raise TypeError(f"shape must be a TransformerShape, got {type(shape).__name__}")
-    return shape.n_params * _nonneg("bytes_per_param", bytes_per_param)
+    """Bytes of a full checkpoint: shape.n_params × bytes_per_param (source §2.2, 1).
+
+    fp16 (2 bytes/parameter): GPT-3 175B → 350.5 GB. ``bytes_per_param`` is a number ≥ 0.
+    """
+    check_instance("shape", shape, TransformerShape)
+    return shape.n_params * _number("bytes_per_param", bytes_per_param)
 
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes held during training, by kind."""
+    """Bytes held during training, by kind (each a number ≥ 0): the terms of source §2.2, 1's
+    training memory, total = weights + gradients + optimizer + activations."""
 
     weights: float
     gradients: float
     optimizer: float
     activations: float = 0.0
 
+    def __post_init__(self) -> None:
+        for field in ("weights", "gradients", "optimizer", "activations"):
+            _number(field, getattr(self, field))
+
     @property
     def total(self) -> float:
+        """weights + gradients + optimizer + activations."""
         return self.weights + self.gradients + self.optimizer + self.activations
 
 
 def training_memory(n_params: int, n_trainable: int, weight_bytes: float = 2,
                     grad_bytes: float = 2, optimizer_bytes: float = 8,
                     activation_bytes: float = 0.0) -> MemoryBreakdown:
-    """A simple training-memory model for Adam.
+    """A simple training-memory model for Adam (the "训练显存省2/3" of source §2.2, 1).
 
+    total = n_params·weight_bytes + n_trainable·(grad_bytes + optimizer_bytes) + activation_bytes.
+    ``n_params`` is an int ≥ 1, ``n_trainable`` an int in [0, n_params], the byte sizes numbers ≥ 0.
     Assumptions (write them next to any number this gives):
 
     * every parameter is stored once at ``weight_bytes`` (fp16: 2), trainable or not;
@@ -153,43 +189,54 @@ def training_memory(n_params: int, n_trainable: int, weight_bytes: float = 2,
       checkpointing, and LoRA does not shrink them;
     * no sharding, no offloading, no fragmentation or workspace memory.
     """
-    _pos_int("n_params", n_params)
-    if isinstance(n_trainable, bool) or not isinstance(n_trainable, int):
-        raise TypeError(f"n_trainable must be an int, got {type(n_trainable).__name__}")
-    if not 0 <= n_trainable <= n_params:
-        raise ValueError(f"n_trainable must be in [0, n_params], got {n_trainable}")
+    n_params = check_int("n_params", n_params, 1)
+    n_trainable = check_int("n_trainable", n_trainable, 0, n_params)
     return MemoryBreakdown(
-        weights=n_params * _nonneg("weight_bytes", weight_bytes),
-        gradients=n_trainable * _nonneg("grad_bytes", grad_bytes),
-        optimizer=n_trainable * _nonneg("optimizer_bytes", optimizer_bytes),
-        activations=_nonneg("activation_bytes", activation_bytes),
+        weights=n_params * _number("weight_bytes", weight_bytes),
+        gradients=n_trainable * _number("grad_bytes", grad_bytes),
+        optimizer=n_trainable * _number("optimizer_bytes", optimizer_bytes),
+        activations=_number("activation_bytes", activation_bytes),
     )
 
 
 def memory_saving(full: float, lora: float) -> float:
-    """Fraction of memory saved: 1 − lora/full (1.2 TB → 350 GB: 0.708, the document's "2/3")."""
-    _nonneg("lora", lora)
-    if _nonneg("full", full) == 0:
-        raise ValueError("full must be > 0")
+    """Fraction of memory saved: 1 − lora/full (source §2.2, 1: "训练显存省2/3").
+
+    The paper's 1.2 TB → 350 GB gives 0.708. ``full`` is a number > 0, ``lora`` a number ≥ 0 (a
+    ``lora`` above ``full`` gives a negative saving).
+    """
+    lora = _number("lora", lora)
+    full = _number("full", full, 0.0, inclusive=False)
     return 1.0 - lora / full
 
 
 def implied_bytes_per_param(total_bytes: float, n_params: int) -> float:
-    """total_bytes / n_params: e.g. the paper's 1.2 TB over 175.26 B parameters ≈ 6.85 B/param."""
-    return _nonneg("total_bytes", total_bytes) / _pos_int("n_params", n_params)
+    """total_bytes / n_params: e.g. the paper's 1.2 TB over 175.26 B parameters ≈ 6.85 B/param.
+
+    What a memory figure of source §2.2, 1 implies per parameter. ``total_bytes`` ≥ 0, ``n_params``
+    an int ≥ 1.
+    """
+    return _number("total_bytes", total_bytes) / check_int("n_params", n_params, 1)
 
 
 def throughput_gain(base: float, new: float) -> float:
-    """Relative throughput increase new/base − 1 (32.5 → 43.1 tokens/s: +0.326)."""
-    if not (_nonneg("base", base) > 0 and _nonneg("new", new) > 0):
-        raise ValueError(f"base and new must be > 0, got {base}, {new}")
+    """Relative throughput increase new/base − 1 (source §2.2, 1: "速度提25%").
+
+    The paper's 32.5 → 43.1 tokens/s gives +0.326. ``base`` and ``new`` are numbers > 0.
+    """
+    base = _number("base", base, 0.0, inclusive=False)
+    new = _number("new", new, 0.0, inclusive=False)
     return new / base - 1.0
 
 
 def time_per_token_saving(base: float, new: float) -> float:
-    """Time saved per token, 1 − base/new, for throughputs base → new (32.5 → 43.1: 0.246)."""
-    if not (_nonneg("base", base) > 0 and _nonneg("new", new) > 0):
-        raise ValueError(f"base and new must be > 0, got {base}, {new}")
+    """Time saved per token, 1 − base/new, for throughputs base → new (source §2.2, 1).
+
+    The other reading of "速度提25%": 32.5 → 43.1 tokens/s saves 0.246 of the time per token.
+    ``base`` and ``new`` are numbers > 0.
+    """
+    base = _number("base", base, 0.0, inclusive=False)
+    new = _number("new", new, 0.0, inclusive=False)
     return 1.0 - base / new
 
 
@@ -202,18 +249,18 @@ def measure_state_bytes(model: nn.Module,
     """Bytes actually held by ``model``'s parameters, their ``.grad`` and the optimizer's state.
 
     Call after a training step (so gradients and Adam moments exist). Each tensor is counted
-    once; Adam's scalar ``step`` counters are included as they are stored.
+    once; Adam's scalar ``step`` counters are included as they are stored. The measured side of
+    source §2.2, 1's memory claim: bytes = Σ numel × element_size over the tensors held.
+    ``model`` must be an ``nn.Module``, ``optimizer`` a ``torch.optim.Optimizer`` or ``None``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
+    if optimizer is not None:
+        check_instance("optimizer", optimizer, torch.optim.Optimizer)
     params = list(model.parameters())
     weights = sum(_tensor_bytes(p) for p in params)
     grads = sum(_tensor_bytes(p.grad) for p in params if p.grad is not None)
     opt = 0
     if optimizer is not None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch Optimizer, got "
-                            f"{type(optimizer).__name__}")
         for state in optimizer.state.values():
             opt += sum(_tensor_bytes(v) for v in state.values() if isinstance(v, Tensor))
     return MemoryBreakdown(weights=weights, gradients=grads, optimizer=opt)
@@ -224,9 +271,12 @@ def measure_activation_bytes(model: nn.Module, loss_fn: Callable[[nn.Module], Te
 
     Uses ``torch.autograd.graph.saved_tensors_hooks``; a storage saved several times is counted
     once and parameters (already counted as weights) are excluded. The graph is freed afterwards.
+    LoRA does not shrink these (source §2.2, 1's memory saving is in gradients and optimizer
+    state). ``model`` must be an ``nn.Module``, ``loss_fn`` a callable; the hook is removed on
+    return, so no global autograd setting outlives the call.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
+    _callable("loss_fn", loss_fn)
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 

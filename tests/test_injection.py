@@ -111,3 +111,27 @@ def test_count_parameters():
     assert count_parameters(model) == (4 + 8, 24)
     tied = nn.Sequential(model[1], model[1])  # shared weights are counted once
     assert count_parameters(tied) == (8, 8)
+
+
+def test_each_bad_argument_is_named():
+    model = small()
+    with pytest.raises(TypeError, match=r"target_modules\[1\] must be a str"):
+        inject_adapters(model, ["q_proj", 3], Wrap)
+    with pytest.raises(ValueError, match="target_modules must hold non-empty dotted names"):
+        find_linear_targets(model, ["q_proj", ".v_proj"])
+    with pytest.raises(TypeError, match="model must be a Module"):
+        inject_adapters("model", "q_proj", Wrap)
+    with pytest.raises(TypeError, match="model must be a Module"):
+        find_linear_targets(None, "q_proj")
+    with pytest.raises(TypeError, match="factory's result for 'blocks.0.attn.q_proj'"):
+        inject_adapters(model, "q_proj", lambda lin: "not a module")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_normalize_targets():
+    from lora_edu.inject import normalize_targets
+    assert normalize_targets("q_proj") == ("q_proj",)
+    assert normalize_targets(["q_proj", "attn.v_proj"]) == ("q_proj", "attn.v_proj")
+    assert normalize_targets(("a",)) == ("a",)
+    with pytest.raises(TypeError, match="target_modules must be a str or Sequence"):
+        normalize_targets({"q_proj"})  # a set has no order

@@ -1,5 +1,7 @@
 """Tests of lora_edu.lowrank: Eckart–Young, parameter counts, effective rank, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,48 +95,129 @@ def test_effective_rank_on_known_spectrum():
 
 @pytest.mark.parametrize("bad_r", [0, -1, 26])
 def test_rank_out_of_range_rejected(W, bad_r):
-    with pytest.raises(ValueError, match="r must satisfy"):
+    with pytest.raises(ValueError, match=r"r must be an int >= 1 and <= 25"):
         best_rank_r(W, bad_r)
 
 
 def test_rank_wrong_type_rejected(W):
     with pytest.raises(TypeError, match="r must be an int"):
         best_rank_r(W, 2.0)
+    with pytest.raises(TypeError, match="r must be an int"):
+        best_rank_r(W, True)
+
+
+def test_numpy_scalars_accepted(W):
+    assert torch.equal(best_rank_r(W, np.int64(3)), best_rank_r(W, 3))
+    assert factorization_params(np.int32(10), np.int64(5), np.uint8(2)) == 30
+    sigma = singular_values(W)
+    assert truncation_error(sigma, np.int16(4)) == truncation_error(sigma, 4)
+    assert effective_rank(sigma, np.float32(0.5)) == effective_rank(sigma, 0.5)
 
 
 def test_non_2d_rejected():
-    with pytest.raises(ValueError, match="W must be 2-D"):
+    with pytest.raises(ValueError, match="W must have 2 dimension"):
         best_rank_r(torch.ones(3, 3, 3), 1)
-    with pytest.raises(ValueError, match="W must be 2-D"):
+    with pytest.raises(ValueError, match="W must have 2 dimension"):
         singular_values(torch.ones(4))
+    with pytest.raises(ValueError, match="W must not be empty"):
+        singular_values(torch.ones(0, 3))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_matrix_rejected(W, bad):
+    W = W.clone()
+    W[3, 7] = bad
+    for call in (lambda: best_rank_r(W, 2), lambda: low_rank_factors(W, 2),
+                 lambda: singular_values(W), lambda: singular_values(W.numpy())):
+        with pytest.raises(ValueError, match="W must hold only finite values"):
+            call()
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_rejected(W, bad):
-    W = W.clone()
-    W[0, 0] = bad
-    with pytest.raises(ValueError, match="finite"):
-        best_rank_r(W, 2)
+def test_non_finite_spectrum_rejected(bad):
+    sigma = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    sigma[1] = bad
+    for call in (lambda: truncation_error(sigma, 1), lambda: energy_curve(sigma),
+                 lambda: effective_rank(sigma, 0.9), lambda: truncation_error([3.0, bad], 1)):
+        with pytest.raises(ValueError, match=r"sigma(\[1\])? must (hold only finite values|"
+                                             r"be a finite number)"):
+            call()
 
 
 def test_non_array_rejected():
-    with pytest.raises(TypeError, match="W must be"):
+    with pytest.raises(TypeError, match="W must be a Tensor or ndarray"):
         best_rank_r([[1.0, 2.0], [3.0, 4.0]], 1)
+    with pytest.raises(TypeError, match="W must hold numbers"):
+        singular_values(np.array([["a", "b"], ["c", "d"]]))
+
+
+def test_integer_and_strided_numpy_input():
+    """Integer matrices are computed in float64; a reversed (negative-stride) view works."""
+    M = np.arange(12).reshape(4, 3)
+    assert np.allclose(best_rank_r(M, 2), M, atol=1e-10)  # rank 2: rows are affine in i
+    W = np.random.default_rng(0).standard_normal((6, 5))
+    assert np.allclose(singular_values(W[::-1]), singular_values(W))
 
 
 def test_factorization_params_validation():
-    with pytest.raises(ValueError, match="d must be a positive int"):
+    with pytest.raises(ValueError, match="d must be an int >= 1"):
         factorization_params(0, 10, 1)
-    with pytest.raises(ValueError, match="r must satisfy"):
+    with pytest.raises(ValueError, match=r"r must be an int >= 1 and <= 5"):
         factorization_params(10, 5, 6)
+    with pytest.raises(TypeError, match="k must be an int"):
+        param_fraction(10, 5.0, 1)
 
 
 def test_effective_rank_validation():
-    with pytest.raises(ValueError, match="energy"):
+    with pytest.raises(ValueError, match="energy must be > 0"):
         effective_rank([1.0, 0.5], 0.0)
-    with pytest.raises(ValueError, match="energy"):
+    with pytest.raises(ValueError, match="energy must be <= 1"):
         effective_rank([1.0, 0.5], 1.5)
+    with pytest.raises(TypeError, match="energy must be a real number"):
+        effective_rank([1.0, 0.5], "0.9")
     with pytest.raises(ValueError, match="all zeros"):
         effective_rank([0.0, 0.0], 0.9)
-    with pytest.raises(ValueError, match="r must satisfy"):
+    with pytest.raises(ValueError, match=r"r must be an int >= 0 and <= 2"):
         truncation_error([1.0, 0.5], 3)
+
+
+def test_truncation_error_rejects_unsorted_spectrum():
+    """Σ_{i>r} σ_i² is read by position: ascending σ (as eigvalsh returns) would silently give the
+    sum over the r *smallest* values' complement — wrong — so it is rejected, not sorted."""
+    W = torch.randn(12, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sigma = singular_values(W)
+    ascending = sigma.flip(0)
+    right = torch.linalg.norm(W - best_rank_r(W, 2)).item()
+    assert truncation_error(sigma, 2) == pytest.approx(right, rel=1e-12)
+    # what an unsorted input would have given: the wrong tail
+    assert math.sqrt(float((ascending[2:] ** 2).sum())) != pytest.approx(right, rel=1e-3)
+    for call in (lambda: truncation_error(ascending, 2), lambda: energy_curve(ascending),
+                 lambda: effective_rank(ascending.numpy(), 0.9),
+                 lambda: truncation_error([1.0, 2.0, 0.5], 1)):
+        with pytest.raises(ValueError, match="sigma must be sorted in descending order"):
+            call()
+
+
+def test_spectrum_bad_values():
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        truncation_error([1.0, -0.5], 1)
+    with pytest.raises(ValueError, match="sigma must not be empty"):
+        energy_curve([])
+    with pytest.raises(ValueError, match="sigma must have 1 dimension"):
+        energy_curve(np.ones((2, 2)))
+    with pytest.raises(TypeError, match="sigma must be a torch.Tensor, numpy.ndarray or sequence"):
+        truncation_error("1.0", 0)
+    with pytest.raises(TypeError, match=r"sigma\[1\] must be a real number"):
+        truncation_error([1.0, "x"], 0)
+    with pytest.raises(TypeError, match="sigma must be real"):
+        energy_curve(torch.tensor([1.0 + 1j]))
+
+
+def test_energy_curve_consistent_with_truncation_error(W):
+    """1 − E(r) = truncation_error(σ, r)² / ‖W‖_F² for every r."""
+    sigma = singular_values(W)
+    curve = energy_curve(sigma)
+    total = float(torch.linalg.norm(W)) ** 2
+    for r in range(1, len(curve) + 1):
+        assert 1 - curve[r - 1] == pytest.approx(truncation_error(sigma, r) ** 2 / total,
+                                                 abs=1e-12)

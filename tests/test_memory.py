@@ -10,6 +10,7 @@ from lora_edu.lora import apply_lora
 from lora_edu.memory import (
     GPT3_175B,
     PAPER,
+    MemoryBreakdown,
     TransformerShape,
     adapter_checkpoint_bytes,
     full_checkpoint_bytes,
@@ -134,3 +135,44 @@ def test_measure_activation_bytes():
     assert measure_activation_bytes(lin, lambda m: m(x).pow(2).sum()) == 0  # nothing to train
     big = measure_activation_bytes(lin.requires_grad_(True), lambda m: m(torch.cat([x, x])).sum())
     assert big == 4 * 64 * 16
+
+
+def test_numpy_scalars_accepted_and_ints_stay_exact():
+    import numpy as np
+    assert lora_matrix_params(np.int64(12_288), np.int32(12_288), np.int64(4)) == 98_304
+    assert lora_trainable_params(GPT3_175B, r=np.int64(4)) == 18_874_368
+    ck = adapter_checkpoint_bytes(np.int64(1000), np.int64(2))
+    assert ck == 2000 and type(ck) is int          # exact bytes print as exact ints
+    assert adapter_checkpoint_bytes(1000, np.float32(0.5)) == 500.0
+    mem = training_memory(np.int64(10), np.int64(4))
+    assert (mem.weights, mem.gradients, mem.optimizer) == (20, 8, 32)
+    assert memory_saving(np.float64(4.0), 1) == 0.75
+    shape = TransformerShape("x", np.int64(8), np.int32(2), np.int64(100))
+    assert type(shape.d_model) is int and shape == TransformerShape("x", 8, 2, 100)
+
+
+def test_paper_figures_are_read_only():
+    with pytest.raises(TypeError):
+        PAPER["vram_full"] = 1.0  # a caller cannot change what a later one reads
+    assert PAPER["vram_full"] == 1.2e12
+
+
+def test_each_argument_is_named():
+    with pytest.raises(ValueError, match="new must be > 0"):
+        throughput_gain(32.5, 0)
+    with pytest.raises(ValueError, match="base must be > 0"):
+        time_per_token_saving(-1.0, 43.1)
+    with pytest.raises(TypeError, match="base must be a real number"):
+        throughput_gain("32.5", 43.1)
+    with pytest.raises(ValueError, match="lora must be >= 0"):
+        memory_saving(1.0, -1.0)
+    with pytest.raises(TypeError, match="n_trainable must be an int"):
+        training_memory(10, 1.0)
+    with pytest.raises(TypeError, match="optimizer must be an? Optimizer"):
+        measure_state_bytes(nn.Linear(2, 2), optimizer="adam")
+    with pytest.raises(TypeError, match="loss_fn must be callable"):
+        measure_activation_bytes(nn.Linear(2, 2), loss_fn=None)
+    with pytest.raises(ValueError, match="d_model must be an int >= 1"):
+        TransformerShape("x", 0, 2, 100)
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        MemoryBreakdown(-1, 0, 0)

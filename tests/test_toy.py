@@ -286,3 +286,175 @@ def test_compare_seeds_needs_separated_ranges():
         compare_seeds(0.9, lo)
     with pytest.raises(ValueError, match="margin"):
         compare_seeds(hi, lo, margin=-1)
+
+
+# --- no hidden global state -------------------------------------------------------------------
+
+def _global_state() -> dict:
+    import random
+
+    import numpy as np
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state()[1].copy(),
+        "python_rng": random.getstate(),
+        "threads": torch.get_num_threads(),
+        "interop": torch.get_num_interop_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "grad": torch.is_grad_enabled(),
+        "dtype": torch.get_default_dtype(),
+    }
+
+
+def _assert_same_state(before: dict, after: dict) -> None:
+    import numpy as np
+    assert torch.equal(before["torch_rng"], after["torch_rng"])
+    assert np.array_equal(before["numpy_rng"], after["numpy_rng"])
+    for key in ("python_rng", "threads", "interop", "deterministic", "warn_only", "grad",
+                "dtype"):
+        assert before[key] == after[key], key
+
+
+@pytest.fixture
+def no_accelerator_seeding(monkeypatch):
+    """Record every call that would (lazily) reseed a CUDA/MPS/XPU generator: torch.manual_seed
+    makes them, and fork_rng(devices=[]) does not undo them."""
+    calls = []
+    for module, name in ((torch.cuda, "manual_seed_all"), (torch.cuda, "manual_seed"),
+                         (torch.mps, "manual_seed"), (torch.xpu, "manual_seed_all")):
+        monkeypatch.setattr(module, name, lambda *a, _n=name, **k: calls.append(_n))
+    yield calls
+    assert calls == [], f"global accelerator generators were seeded: {calls}"
+
+
+@pytest.mark.parametrize("start_mode", [True, False])
+def test_train_leaves_global_state_and_model_mode_as_it_found_them(start_mode,
+                                                                   no_accelerator_seeding):
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    model = TinyTransformer(ToyConfig(dropout=0.1), seed=0)
+    model.train(start_mode)
+    model.blocks[0].mlp.train(not start_mode)  # a mixed state must survive too
+    modes = {name: m.training for name, m in model.named_modules()}
+    torch.default_generator.manual_seed(1234)  # (torch.manual_seed would trip the fixture)
+    before = _global_state()
+    train(model, task, steps=3, lr=1e-3, batch_size=16, eval_every=2)
+    _assert_same_state(before, _global_state())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_train_restores_state_after_an_error(no_accelerator_seeding):
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    model = TinyTransformer(ToyConfig(dropout=0.1), seed=0).eval()
+    before = _global_state()
+
+    def boom(step, m):
+        assert m.training and torch.is_grad_enabled()  # training mode and grads inside
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        train(model, task, steps=3, lr=1e-3, after_backward=boom)
+    _assert_same_state(before, _global_state())
+    assert not any(m.training for m in model.modules())
+
+
+def test_train_under_no_grad_trains_and_leaves_grad_mode_off():
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+    model = TinyTransformer(seed=0)
+    w = model.head.weight.detach().clone()
+    with torch.no_grad():
+        train(model, task, steps=2, lr=1e-2)
+        assert not torch.is_grad_enabled()
+    assert not torch.equal(model.head.weight, w)
+
+
+def test_dropout_is_seeded_by_train_seed():
+    task = make_field_task(0, n_train=64, n_test=32, seed=0)
+
+    def run(seed, global_seed):
+        torch.manual_seed(global_seed)  # the caller's generator must not matter
+        return train(TinyTransformer(ToyConfig(dropout=0.2), seed=0), task, steps=3, lr=1e-3,
+                     seed=seed, eval_every=0).loss
+
+    assert run(0, 1) == run(0, 2)
+    assert run(0, 1) != run(1, 1)
+
+
+def test_evaluate_restores_mixed_modes_and_grad_mode():
+    task = make_field_task(0, n_train=16, n_test=16, seed=0)
+    model = TinyTransformer(seed=0)
+    model.blocks[1].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = _global_state()
+    evaluate(model, task, batch_size=5)
+    _assert_same_state(before, _global_state())
+    assert {name: m.training for name, m in model.named_modules()} == modes
+
+
+def test_seeded_model_and_head_touch_no_global_generator(no_accelerator_seeding):
+    before = _global_state()
+    model = TinyTransformer(seed=3)
+    model.reset_head(n_classes=3, seed=4)
+    _assert_same_state(before, _global_state())
+    again = TinyTransformer(seed=3)
+    again.reset_head(n_classes=3, seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters(),
+                                                 strict=True))
+
+
+def test_unseeded_model_draws_from_the_global_generator():
+    torch.manual_seed(0)
+    a, b = TinyTransformer(), TinyTransformer()
+    assert not torch.equal(a.head.weight, b.head.weight)  # the generator advanced between them
+    torch.manual_seed(0)
+    assert torch.equal(TinyTransformer().head.weight, a.head.weight)
+
+
+def test_pretrained_cache_returns_independent_copies_and_can_be_cleared(no_accelerator_seeding):
+    from lora_edu.toy import clear_pretrained_cache
+    kwargs = dict(seed=7, steps=2, batch_size=16)
+    before = _global_state()
+    model, task = pretrained_toy_model(**kwargs)
+    _assert_same_state(before, _global_state())
+    x0 = task.x_train.clone()
+    task.x_train.zero_()                        # vandalise the returned copies ...
+    with torch.no_grad():
+        model.head.weight.zero_()
+    model2, task2 = pretrained_toy_model(**kwargs)
+    assert torch.equal(task2.x_train, x0)       # ... the cache is unaffected
+    assert model2.head.weight.abs().sum() > 0
+    assert clear_pretrained_cache() >= 1
+    assert clear_pretrained_cache() == 0
+    model3, _ = pretrained_toy_model(**kwargs)  # trained again: the same weights
+    assert all(torch.equal(p, q) for p, q in zip(model2.parameters(), model3.parameters(),
+                                                 strict=True))
+
+
+def test_numpy_scalars_accepted_by_toy():
+    import numpy as np
+    cfg = ToyConfig(vocab_size=np.int64(48), d_model=np.int32(32), dropout=np.float32(0.0))
+    assert type(cfg.vocab_size) is int and type(cfg.dropout) is float
+    assert cfg == ToyConfig(vocab_size=48, d_model=32)
+    task = make_field_task(np.int64(0), n_train=np.int64(64), n_test=32, seed=np.uint8(1))
+    model = TinyTransformer(cfg, seed=np.int64(0))
+    hist = train(model, task, steps=np.int64(2), lr=np.float64(1e-3), batch_size=np.int32(16),
+                 seed=np.int64(1), eval_every=np.int64(1))
+    assert hist.eval_steps == [0, 1, 2]
+    assert evaluate(model, task, batch_size=np.int64(7)) == hist.final_accuracy
+    assert key_token(np.int64(1), np.int64(2)) == key_token(1, 2)
+    assert batch_order(np.int64(10), 2, 5).shape == (2, 5)
+
+
+def test_task_validation():
+    x, y = torch.zeros(4, 3, dtype=torch.long), torch.tensor([0, 1, 2, 3])
+    assert Task(x, y, x, y, 4, "ok").seq_len == 3
+    with pytest.raises(TypeError, match="y_train must hold integer class ids"):
+        Task(x, y.float(), x, y, 4, "bad")
+    with pytest.raises(ValueError, match="y_test must have one label per row of x_test"):
+        Task(x, y, x, y[:3], 4, "bad")
+    with pytest.raises(ValueError, match="x_test must have as many columns as x_train"):
+        Task(x, y, x[:, :2], y, 4, "bad")
+    with pytest.raises(ValueError, match="x_train must hold at least one example"):
+        Task(x[:0], y[:0], x, y, 4, "bad")
+    with pytest.raises(TypeError, match="name must be a str"):
+        Task(x, y, x, y, 4, None)

@@ -1,13 +1,20 @@
 """The toy world every training chapter uses: a tiny transformer, synthetic tasks generated from
-a seed, a deterministic training loop, and the statistics over seeds that the book reports.
+a seed, a deterministic training loop, and the statistics over seeds that the book reports. With
+it the chapters run what source §2 describes (freeze W0, train the bypass ΔW = B·A on W_q and W_v,
+source §2.1 (1), §2.3 (1)) instead of only describing it.
 
 Everything public is imported from here::
 
     from lora_edu.toy import TinyTransformer, downstream_task, train, run_seeds
 
 The modules behind it: ``model`` (the 2-layer transformer with named projections), ``data``
-(field-lookup tasks, nothing downloaded), ``training`` (AdamW loop, pre-trained model cache,
-``run_seeds``/``SeedStats``/``compare_seeds``).
+(field-lookup tasks, nothing downloaded), ``training`` (AdamW loop, pre-trained model cache and
+``clear_pretrained_cache``, ``run_seeds``/``SeedStats``/``compare_seeds``).
+
+Nothing here changes global state behind the caller's back: seeded draws happen in forks of the
+CPU generator, training restores the model's modes and the grad mode, and the only module-level
+state is the documented cache of ``pretrained_toy_model``. Arguments are checked with
+:mod:`lora_edu.checks` (``TypeError`` for a wrong type, ``ValueError`` for a wrong value).
 """
 
 from lora_edu.toy.data import (
@@ -24,6 +31,7 @@ from lora_edu.toy.training import (
     SeedStats,
     TrainHistory,
     batch_order,
+    clear_pretrained_cache,
     compare_seeds,
     evaluate,
     pretrained_toy_model,
@@ -35,6 +43,7 @@ __all__ = [
     "ToyConfig", "TinyTransformer", "SelfAttention", "MLP", "Block",
     "Task", "CLS", "key_token", "vocab_size_for", "make_field_task", "pretrain_task",
     "downstream_task",
-    "TrainHistory", "train", "evaluate", "pretrained_toy_model", "batch_order",
+    "TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_pretrained_cache",
+    "batch_order",
     "SeedStats", "run_seeds", "compare_seeds",
 ]

@@ -5,6 +5,17 @@ and the held-out accuracy every ``eval_every`` steps. Two hooks let composite me
 without a loop of their own: ``extra_loss(model)`` is added to the loss (AdaLoRA's orthogonality
 regulariser, source §3.2 (1)) and ``after_backward(step, model)`` runs between ``backward`` and the
 optimizer step (AdaLoRA's importance scores and pruning, source §3.2 (2)).
+
+No hidden global state. :func:`train` and :func:`evaluate` change nothing outside the model and
+optimizer they are given (and what the hooks do): random draws happen in a fork of torch's CPU
+generator (plus, for a model on CUDA, of those devices' generators), seeded without
+``torch.manual_seed`` (which would reseed every accelerator's generator for good); each module's
+train/eval flag and the grad mode are restored on return, also after an error; the thread count
+and the deterministic-algorithms setting are never touched. The one piece of module state is the
+cache of :func:`pretrained_toy_model`, emptied by :func:`clear_pretrained_cache`.
+
+Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type, ``ValueError``
+for a wrong value, naming the argument).
 """
 
 from __future__ import annotations
@@ -12,17 +23,29 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lora_edu.checks import check_float, check_instance, check_int, check_one_of
 from lora_edu.toy.data import Task, pretrain_task, vocab_size_for
 from lora_edu.toy.model import TinyTransformer, ToyConfig
 
-__all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "batch_order",
-           "SeedStats", "run_seeds", "compare_seeds"]
+__all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_pretrained_cache",
+           "batch_order", "SeedStats", "run_seeds", "compare_seeds"]
+
+_MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
+
+
+def _callable(name: str, value: object) -> Callable:
+    # (no shared check for callables in lora_edu.checks)
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+    return value
 
 
 @dataclass
@@ -30,7 +53,9 @@ class TrainHistory:
     """What :func:`train` measured: ``loss[i]`` of step ``i``; ``test_accuracy[j]`` after step
     ``eval_steps[j]`` (step counts start at 1; step 0 is the accuracy before training).
 
-    ``seconds`` is wall time (not deterministic; never compare it in stored outputs).
+    ``loss`` is the mean cross-entropy −log softmax(logits)[y] of the step's batch (plus
+    ``extra_loss``). ``seconds`` is wall time (not deterministic; never compare it in stored
+    outputs).
     """
 
     loss: list[float] = field(default_factory=list)
@@ -47,44 +72,84 @@ class TrainHistory:
 
 
 def _check_task(task: object) -> Task:
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be a Task, got {type(task).__name__}")
-    return task
+    return check_instance("task", task, Task)
+
+
+@contextmanager
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    """Restore every submodule's own ``training`` flag on exit (mixed modes survive)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
+def _seeded_rng(seed: int, model: nn.Module) -> Iterator[None]:
+    """Fork the CPU generator (and that of each CUDA device holding the model) and seed the forks.
+
+    ``torch.default_generator.manual_seed`` seeds the CPU generator exactly as ``torch.manual_seed``
+    does, without also (lazily) reseeding every accelerator's generator outside the fork.
+    """
+    cuda = sorted({t.device.index for t in (*model.parameters(), *model.buffers())
+                   if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, split: str = "test", batch_size: int = 1024) -> float:
-    """Accuracy of ``model`` (argmax of the logits) on ``task``'s ``split`` ("test" or "train").
+    """Accuracy of ``model`` on ``task``'s ``split``: mean of [argmax logits = y].
 
-    The model is put in eval mode for the call and its previous mode restored.
+    ``split`` is "test" or "train", ``batch_size`` an int ≥ 1 (examples per forward pass). The
+    model is put in eval mode for the call (no dropout) and every submodule's previous mode is
+    restored; gradients are off inside the call only.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
     _check_task(task)
-    if split not in ("test", "train"):
-        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    split = check_one_of("split", split, ("test", "train"))
+    batch_size = check_int("batch_size", batch_size, 1)
     x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
-    was_training = model.training
-    model.eval()
-    try:
+    with _modes_restored(model):
+        model.eval()
         correct = 0
         for i in range(0, x.shape[0], batch_size):
             correct += int((model(x[i:i + batch_size]).argmax(-1) == y[i:i + batch_size]).sum())
-    finally:
-        model.train(was_training)
     return correct / x.shape[0]
 
 
 def batch_order(n: int, steps: int, batch_size: int, seed: int = 0) -> Tensor:
-    """Indices (steps, batch_size) of each step's batch: epochs of seeded random permutations."""
-    if n < 1 or steps < 0 or batch_size < 1:
-        raise ValueError(f"need n >= 1, steps >= 0, batch_size >= 1; got {n}, {steps}, "
-                         f"{batch_size}")
+    """Indices (steps, batch_size) of each step's batch: epochs of seeded random permutations.
+
+    Step i uses examples ``order[i]``; consecutive epochs are independent permutations of
+    ``range(n)`` from a private ``torch.Generator`` seeded with ``seed`` (the global generator is
+    not used). ``n`` ≥ 1, ``steps`` ≥ 0 and ``batch_size`` ≥ 1 are ints, ``seed`` an int in
+    ``[0, 2**64 - 1]``.
+    """
+    n = check_int("n", n, 1)
+    steps = check_int("steps", steps, 0)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0, _MAX_SEED)
     gen = torch.Generator().manual_seed(seed)
     need = steps * batch_size
     chunks = [torch.randperm(n, generator=gen) for _ in range(-(-need // n))]
     flat = torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.long)
     return flat[:need].view(steps, batch_size)
+
+
+def _param_list(model: nn.Module, params: object) -> list[Tensor]:
+    if params is None:
+        return [p for p in model.parameters() if p.requires_grad]
+    if isinstance(params, Tensor) or not isinstance(params, Iterable):
+        raise TypeError(f"params must be an iterable of parameters (e.g. model.parameters()), "
+                        f"got {type(params).__name__}")
+    found = [check_instance(f"params[{i}]", p, Tensor) for i, p in enumerate(params)]
+    return [p for p in found if p.requires_grad]
 
 
 def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int = 64,
@@ -95,15 +160,31 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
           optimizer: torch.optim.Optimizer | None = None) -> TrainHistory:
     """Train ``model`` on ``task`` with AdamW and cross-entropy; return a :class:`TrainHistory`.
 
-    Deterministic for a given ``seed``: the batch order comes from :func:`batch_order` and the
-    torch generator (dropout) is reseeded inside a forked RNG, so the caller's RNG is untouched.
+    Each step minimises L = mean_batch(−log softmax(model(x))[y]) (+ ``extra_loss(model)``) with
+    one AdamW update θ ← θ − lr·(m̂/(√v̂ + ε) + weight_decay·θ) of the trainable parameters — with
+    the body frozen and an adapter injected, the update ΔW = B·A of source §2.1 (1).
+
+    Deterministic for a given ``seed``: the batch order comes from :func:`batch_order` and random
+    draws inside the model (dropout) come from a fork of the CPU generator seeded with ``seed``.
+
+    Changes no global setting: torch's global random state (CPU and CUDA), the thread count, the
+    deterministic-algorithms flag and the grad mode are as before on return (gradients are
+    enabled inside the call, so it also works under ``torch.no_grad()``), and every submodule's
+    train/eval flag is restored, also when an error interrupts training. What it does change: the
+    parameters it trains, their ``.grad`` (the last step's gradients stay) and the optimizer.
 
     Parameters
     ----------
+    model, task:
+        An ``nn.Module`` mapping ``task.x_*`` batches to logits, and a :class:`Task`.
     steps, lr, batch_size:
-        Number of optimizer steps, AdamW learning rate, examples per step.
+        Number of optimizer steps (int ≥ 0), AdamW learning rate (> 0), examples per step
+        (int ≥ 1; at most the training set).
+    seed:
+        Int in ``[0, 2**64 - 1]``: batch order and dropout.
     params:
-        Parameters to optimise; default: those of ``model`` with ``requires_grad``.
+        Parameters to optimise (an iterable of tensors); default: those of ``model`` with
+        ``requires_grad``.
     extra_loss:
         ``extra_loss(model) -> Tensor`` (scalar), added to the loss every step.
     after_backward:
@@ -113,24 +194,29 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
         Test accuracy is recorded before training, every ``eval_every`` steps and after the
         last step (0 disables the periodic evaluations).
     progress:
-        Print one line per evaluation.
+        Print one line per evaluation (a bool).
+    weight_decay:
+        AdamW's decoupled weight decay (≥ 0).
     optimizer:
-        Use this optimizer instead of a new AdamW (then ``params``/``lr``/``weight_decay`` are
-        ignored for the update).
+        Use this ``torch.optim.Optimizer`` instead of a new AdamW (then ``params``/``lr``/
+        ``weight_decay`` are ignored for the update).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_instance("model", model, nn.Module)
     _check_task(task)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 0:
-        raise ValueError(f"eval_every must be an int >= 0, got {eval_every!r}")
-    param_list = [p for p in (model.parameters() if params is None else params)
-                  if p.requires_grad]
+    steps = check_int("steps", steps, 0)
+    lr = check_float("lr", lr, 0.0, min_inclusive=False)
+    batch_size = check_int("batch_size", batch_size, 1)
+    seed = check_int("seed", seed, 0, _MAX_SEED)
+    eval_every = check_int("eval_every", eval_every, 0)
+    check_instance("progress", progress, bool)
+    weight_decay = check_float("weight_decay", weight_decay, 0.0)
+    if extra_loss is not None:
+        _callable("extra_loss", extra_loss)
+    if after_backward is not None:
+        _callable("after_backward", after_backward)
+    if optimizer is not None:
+        check_instance("optimizer", optimizer, torch.optim.Optimizer)
+    param_list = _param_list(model, params)
     if optimizer is None:
         if not param_list:
             raise ValueError("params must contain at least one parameter with requires_grad")
@@ -141,8 +227,7 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
     history.eval_steps.append(0)
     history.test_accuracy.append(evaluate(model, task))
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with _modes_restored(model), _seeded_rng(seed, model), torch.enable_grad():
         model.train()
         for step in range(1, steps + 1):
             idx = order[step - 1]
@@ -166,7 +251,13 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
     return history
 
 
-_PRETRAINED: dict[tuple, tuple[dict, Task]] = {}
+#: Module-level cache of :func:`pretrained_toy_model`: argument tuple -> (state_dict, task).
+_PRETRAINED: dict[tuple, tuple[dict[str, Tensor], Task]] = {}
+
+
+def _copy_task(task: Task) -> Task:
+    return Task(task.x_train.clone(), task.y_train.clone(), task.x_test.clone(),
+                task.y_test.clone(), task.n_classes, task.name)
 
 
 def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: int = 200,
@@ -174,30 +265,63 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
                          ) -> tuple[TinyTransformer, Task]:
     """A :class:`TinyTransformer` pre-trained on :func:`~lora_edu.toy.pretrain_task`.
 
-    Deterministic in its arguments. The trained weights are cached per argument set, so later
-    calls return a fresh copy in milliseconds; every returned model is independent.
+    The frozen W0 of source §2.1 (1): ``train(TinyTransformer(config, seed), pretrain_task(seed),
+    steps, lr, batch_size, seed)``. Deterministic in its arguments.
+
+    **Cache.** The trained weights are kept in a module-level dict keyed by the arguments, so a
+    later call with the same arguments skips the training and returns a fresh copy in
+    milliseconds. Every returned model and task is an independent copy (changing one does not
+    change the cache). The cached weights are those of the first call in the process: they do not
+    follow later changes of the thread count or of the deterministic-algorithms setting (which can
+    move the last bits of a training). :func:`clear_pretrained_cache` empties it.
+
+    Parameters
+    ----------
+    seed:
+        Int in ``[0, 2**64 - 1]``: initialisation, pre-training data and batch order.
+    config:
+        A :class:`ToyConfig` with ``vocab_size`` ≥ :func:`~lora_edu.toy.vocab_size_for` ``()``,
+        ``max_len`` ≥ 16 and ``n_classes`` ≥ 4 (default: the default config with that
+        vocabulary).
+    steps, lr, batch_size:
+        As in :func:`train` (int ≥ 0, > 0, int ≥ 1).
 
     Returns
     -------
     (model, pretrain_task)
-        The model (all parameters trainable, eval-mode-agnostic) and the task it learnt.
+        The model (all parameters trainable, in training mode) and the task it learnt.
     """
+    seed = check_int("seed", seed, 0, _MAX_SEED)
     config = ToyConfig(vocab_size=vocab_size_for()) if config is None else config
-    if not isinstance(config, ToyConfig):
-        raise TypeError(f"config must be a ToyConfig, got {type(config).__name__}")
+    check_instance("config", config, ToyConfig)
+    steps = check_int("steps", steps, 0)
+    lr = check_float("lr", lr, 0.0, min_inclusive=False)
+    batch_size = check_int("batch_size", batch_size, 1)
     key = (seed, config, steps, lr, batch_size)
     if key not in _PRETRAINED:
         task = pretrain_task(seed=seed)
-        if config.vocab_size < vocab_size_for():
-            raise ValueError(f"config.vocab_size must be >= {vocab_size_for()}, got "
-                             f"{config.vocab_size}")
+        for attr, need in (("vocab_size", vocab_size_for()), ("max_len", task.seq_len),
+                           ("n_classes", task.n_classes)):
+            if getattr(config, attr) < need:
+                raise ValueError(f"config.{attr} must be >= {need} for the pre-training task, "
+                                 f"got {getattr(config, attr)}")
         model = TinyTransformer(config, seed=seed)
         train(model, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=0)
         _PRETRAINED[key] = (copy.deepcopy(model.state_dict()), task)
     state, task = _PRETRAINED[key]
     model = TinyTransformer(config, seed=seed)
     model.load_state_dict(state)
-    return model, task
+    return model, _copy_task(task)
+
+
+def clear_pretrained_cache() -> int:
+    """Empty the cache of :func:`pretrained_toy_model`; return how many entries it held.
+
+    The next call then trains again (under the current thread count and settings).
+    """
+    n = len(_PRETRAINED)
+    _PRETRAINED.clear()
+    return n
 
 
 @dataclass(frozen=True)
@@ -208,17 +332,28 @@ class SeedStats:
     digits, on the CPU's floating-point kernels. The book therefore reports every training result
     as ``mean ± std`` with the ``[min, max]`` range, and calls one method better than another only
     when the ranges do not overlap (:func:`compare_seeds`).
+
+    ``seeds`` is a sequence of distinct ints and ``values`` a sequence of as many finite real
+    numbers (Python or numpy); both are stored as tuples of Python ints and floats.
     """
 
     seeds: tuple[int, ...]
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if len(self.seeds) != len(self.values) or not self.values:
+        for name in ("seeds", "values"):
+            seq = getattr(self, name)
+            if isinstance(seq, str | bytes) or not isinstance(seq, Sequence | np.ndarray):
+                raise TypeError(f"{name} must be a sequence, got {type(seq).__name__}")
+        seeds = tuple(check_int(f"seeds[{i}]", s) for i, s in enumerate(self.seeds))
+        values = tuple(check_float(f"values[{i}]", v) for i, v in enumerate(self.values))
+        if len(seeds) != len(values) or not values:
             raise ValueError(f"seeds and values must be non-empty and of equal length, got "
-                             f"{len(self.seeds)} and {len(self.values)}")
-        if not all(math.isfinite(v) for v in self.values):
-            raise ValueError(f"values must be finite, got {self.values}")
+                             f"{len(seeds)} and {len(values)}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        object.__setattr__(self, "seeds", seeds)
+        object.__setattr__(self, "values", values)
 
     @property
     def n(self) -> int:
@@ -227,12 +362,12 @@ class SeedStats:
 
     @property
     def mean(self) -> float:
-        """Arithmetic mean over the seeds."""
+        """Arithmetic mean Σ v_i / n over the seeds."""
         return math.fsum(self.values) / self.n
 
     @property
     def std(self) -> float:
-        """Sample standard deviation (``ddof = 1``; 0 for a single seed)."""
+        """Sample standard deviation sqrt(Σ(v − mean)² / (n − 1)) (``ddof = 1``; 0 for one seed)."""
         if self.n < 2:
             return 0.0
         m = self.mean
@@ -256,11 +391,9 @@ class SeedStats:
     def fmt(self, decimals: int = 3) -> str:
         """``"mean ± std [min, max]"`` with ``decimals`` digits.
 
-        Example: ``0.982 ± 0.010 [0.971, 0.990]``.
+        Example: ``0.982 ± 0.010 [0.971, 0.990]``. ``decimals`` is an int ≥ 0.
         """
-        if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
-            raise ValueError(f"decimals must be an int >= 0, got {decimals!r}")
-        d = decimals
+        d = check_int("decimals", decimals, 0)
         return f"{self.mean:.{d}f} ± {self.std:.{d}f} [{self.min:.{d}f}, {self.max:.{d}f}]"
 
     def __str__(self) -> str:
@@ -274,16 +407,16 @@ def run_seeds(fn: Callable[[int], float | Mapping[str, float]],
     ``fn`` returns one number (then one :class:`SeedStats` is returned) or a mapping of names to
     numbers with the same keys for every seed (then a dict of :class:`SeedStats`, one per key).
     The seeds are passed to ``fn``; what they seed (data order, adapter initialisation, …) is
-    ``fn``'s business.
+    ``fn``'s business. ``seeds`` is a non-empty iterable of distinct ints (Python or numpy; passed
+    to ``fn`` as Python ints). A result may be a real number or a one-element tensor/array; it must
+    be finite.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    seed_list = list(seeds)
+    _callable("fn", fn)
+    if isinstance(seeds, str | bytes) or not isinstance(seeds, Iterable):
+        raise TypeError(f"seeds must be an iterable of ints, got {type(seeds).__name__}")
+    seed_list = [check_int(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
     if not seed_list:
         raise ValueError("seeds must contain at least one seed")
-    for s in seed_list:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise TypeError(f"seeds must hold ints, got {type(s).__name__}")
     if len(set(seed_list)) != len(seed_list):
         raise ValueError(f"seeds must be distinct, got {seed_list}")
     results = [fn(s) for s in seed_list]
@@ -291,11 +424,22 @@ def run_seeds(fn: Callable[[int], float | Mapping[str, float]],
         keys = list(results[0])
         if any(list(r) != keys for r in results):
             raise ValueError("fn must return the same keys for every seed")
-        return {k: SeedStats(tuple(seed_list), tuple(float(r[k]) for r in results))
+        return {k: SeedStats(tuple(seed_list),
+                             tuple(_result(f"fn({s})[{k!r}]", r[k])
+                                   for s, r in zip(seed_list, results, strict=True)))
                 for k in keys}
     if any(isinstance(r, Mapping) for r in results):
         raise TypeError("fn must return a number for every seed or a mapping for every seed")
-    return SeedStats(tuple(seed_list), tuple(float(r) for r in results))
+    return SeedStats(tuple(seed_list),
+                     tuple(_result(f"fn({s})", r) for s, r in zip(seed_list, results, strict=True)))
+
+
+def _result(name: str, value: object) -> float:
+    """One result of ``fn`` as a finite float (a one-element tensor/array is unwrapped)."""
+    if (isinstance(value, Tensor) and value.numel() == 1) or (
+            isinstance(value, np.ndarray) and value.size == 1):
+        value = value.item()
+    return check_float(name, value)
 
 
 def compare_seeds(a: SeedStats, b: SeedStats, margin: float = 0.0) -> int:
@@ -304,15 +448,12 @@ def compare_seeds(a: SeedStats, b: SeedStats, margin: float = 0.0) -> int:
     "Above" means the ranges do not overlap by more than ``margin``: ``a.min > b.max + margin``.
     A positive ``margin`` guards a conclusion against the small shifts another CPU's kernels can
     cause. Anything else is reported as within noise: the difference of the means does not exceed
-    the spread of the seeds.
+    the spread of the seeds. ``a`` and ``b`` are :class:`SeedStats`, ``margin`` a finite real
+    number ≥ 0 (Python or numpy).
     """
-    for name, value in (("a", a), ("b", b)):
-        if not isinstance(value, SeedStats):
-            raise TypeError(f"{name} must be a SeedStats, got {type(value).__name__}")
-    if isinstance(margin, bool) or not isinstance(margin, int | float):
-        raise TypeError(f"margin must be a number, got {type(margin).__name__}")
-    if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"margin must be finite and >= 0, got {margin}")
+    check_instance("a", a, SeedStats)
+    check_instance("b", b, SeedStats)
+    margin = check_float("margin", margin, 0.0)
     if a.min > b.max + margin:
         return 1
     if b.min > a.max + margin:
