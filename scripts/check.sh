@@ -2,7 +2,8 @@
 # Set up (idempotent) and run every check: ruff, the library tests, every notebook under nbval
 # twice (this CPU's native kernels, then torch's and MKL's portable baseline kernels, so that
 # the stored outputs are shown to hold on another x86-64 CPU too), and a fresh book build with
-# warnings as errors. Exits non-zero on the first failure.
+# warnings as errors, and the real-browser check of every page (scripts/browser_check.sh).
+# Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
@@ -32,6 +33,9 @@ ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 run_pytest "${NBVAL[@
 t_nbval=$((SECONDS - t_tests))
 echo "== book build (warnings are errors)"
 rm -rf _build
-.venv/bin/jupyter-book build . -W --keep-going
+.venv/bin/jupyter-book build . -W --keep-going -q
 t_book=$((SECONDS - t_tests - t_nbval))
-echo "== all checks passed: tests ${t_tests}s, nbval ${t_nbval}s, book ${t_book}s"
+echo "== browser check (every page in headless Chromium, offline)"
+bash scripts/browser_check.sh
+t_browser=$((SECONDS - t_tests - t_nbval - t_book))
+echo "== all checks passed: tests ${t_tests}s, nbval ${t_nbval}s, book ${t_book}s, browser ${t_browser}s"
