@@ -1,8 +1,11 @@
 """LoRA speed: bypass overhead, merge = zero latency, cheap merging, and a toy training step.
 
 Shapes: float32, x of shape 8×128×4096, a 4096×4096 layer (the attention projection of a
-7B-class model), r = 8, 2 threads. Every
-figure is a ratio against a baseline timed in the same run, interleaved.
+7B-class model), r = 8, 2 threads. Every figure is a ratio against a baseline timed in the same
+run, interleaved. The unmerged forward accumulates the bypass in place into W0·x + b that it
+computes itself; with a hook on the base layer it calls the base and adds the bypass out of place
+(the base output is left untouched). That path and the plain ``reference_forward`` the tests
+check both against are timed beside it, without a target.
 """
 
 from __future__ import annotations
@@ -44,11 +47,21 @@ def _forward_rows() -> list[Result]:
                 layer(x)
         return f
 
-    t = interleaved_times({"base": fwd(base), "lora": fwd(lora), "merged": fwd(merged)},
-                          repeat=21)
+    def ref(layer: LoRALinear):
+        def f():
+            with torch.no_grad():
+                layer.reference_forward(x)
+        return f
+
+    hooked = copy.deepcopy(lora)  # a hook on the base: forward adds the bypass out of place
+    hooked.base.register_forward_hook(lambda module, inputs, output: None)
+    t = interleaved_times({"base": fwd(base), "lora": fwd(lora), "merged": fwd(merged),
+                           "hooked": fwd(hooked), "reference": ref(lora)}, repeat=21)
     rows = []
     for key, target, name in (("lora", "<= 1.05", "unmerged LoRA forward (r=8)"),
-                              ("merged", "<= 1.03", "merged LoRA forward (same op; noise bound)")):
+                              ("merged", "<= 1.03", "merged LoRA forward (same op; noise bound)"),
+                              ("hooked", "", "unmerged, hook on base (out-of-place add)"),
+                              ("reference", "", "reference_forward (two F.linear, then add)")):
         ratio = t[key] / t["base"]
         rows.append(Result(name, ratio, "nn.Linear forward 4096x4096, x 8x128x4096", target,
                            check(ratio, target)))

@@ -12,18 +12,41 @@ zero extra inference latency (source §2.2, 2).
 
 In code ``lora_A`` has shape (r, k) and ``lora_B`` shape (d, r) — the document's shapes, and the
 weight shapes PEFT uses.
+
+Reuse of a trained adapter ("仅存小矩阵A/B", source §2.2, 1):
+
+* :func:`save_lora` / :func:`load_lora` — this library's adapter file: every trainable tensor (the
+  A/B matrices and, e.g., a new classifier head) plus the configuration (:func:`adapter_config`),
+  checked against the model on loading;
+* :func:`export_peft` / :func:`import_peft` — the same adapter in the directory layout of Hugging
+  Face PEFT (``adapter_config.json`` + ``adapter_model.safetensors``), which
+  ``peft.PeftModel.from_pretrained`` loads.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from lora_edu.inject import count_parameters, find_linear_targets, inject_adapters  # noqa: F401 (TEMP)
+from lora_edu.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_one_of,
+    check_probability,
+)
+from lora_edu.inject import find_linear_targets, inject_adapters
 
 __all__ = [
     "LoRALinear",
@@ -33,29 +56,58 @@ __all__ = [
     "lora_layers",
     "lora_state_dict",
     "load_lora_state_dict",
+    "adapter_config",
     "save_lora",
     "load_lora",
+    "export_peft",
+    "import_peft",
     "INITS",
+    "ADAPTER_FORMAT",
+    "ADAPTER_FORMAT_VERSION",
 ]
 
 INITS = ("gaussian", "kaiming")
+ADAPTER_FORMAT = "lora_edu.lora adapter"
+ADAPTER_FORMAT_VERSION = 1
+
+# The per-layer settings that change what a loaded adapter computes: they must match on loading.
+_CHECKED_SETTINGS = ("in_features", "out_features", "r", "alpha", "rslora")
+# PEFT's file names (peft.utils.constants) and the prefix PeftModel puts before module paths.
+_PEFT_CONFIG = "adapter_config.json"
+_PEFT_SAFETENSORS = "adapter_model.safetensors"
+_PEFT_BIN = "adapter_model.bin"
+_PEFT_PREFIX = "base_model.model."
 
 
-def _check_hparams(r: object, alpha: object, dropout: object, init: object) -> None:
-    if isinstance(r, bool) or not isinstance(r, int):
-        raise TypeError(f"r must be a positive int, got {type(r).__name__}")
-    if r <= 0:
-        raise ValueError(f"r must be a positive int, got {r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float):
-        raise TypeError(f"alpha must be a positive number, got {type(alpha).__name__}")
-    if not (alpha > 0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be a positive number, got {alpha}")
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float):
-        raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+def _check_hparams(r: object, alpha: object, dropout: object, init: object, rslora: object,
+                   gaussian_std: object = None) -> tuple[int, float, float, str, bool,
+                                                         float | None]:
+    """Validate the LoRA hyperparameters; return them as plain Python values."""
+    r = check_int("r", r, minimum=1)
+    alpha = check_float("alpha", alpha, 0.0, min_inclusive=False)
+    dropout = check_probability("dropout", dropout)
+    init = check_one_of("init", init, INITS)
+    if isinstance(rslora, np.bool_):
+        rslora = bool(rslora)
+    rslora = check_instance("rslora", rslora, bool)
+    if gaussian_std is not None:
+        gaussian_std = check_float("gaussian_std", gaussian_std, 0.0, min_inclusive=False)
+        if init != "gaussian":
+            raise ValueError(f"gaussian_std applies to init='gaussian' only, got init={init!r}")
+    return r, alpha, dropout, init, rslora, gaussian_std
+
+
+def _check_rank_fits(r: int, linear: nn.Linear, where: str = "") -> None:
+    """r ≤ min(d, k): a rank-r product B·A of a d×k matrix cannot have a larger rank."""
+    d, k = linear.out_features, linear.in_features
+    if r > min(d, k):
+        raise ValueError(f"r must be <= min(d, k) = {min(d, k)}{where} (an nn.Linear({k}, {d})), "
+                         f"got {r}")
+
+
+def _sync_merged_flag(module: nn.Module, incompatible_keys: object) -> None:
+    """Load-state-dict post hook: the Python mirror of the ``lora_merged`` buffer follows it."""
+    module._merged = bool(module.lora_merged)
 
 
 class LoRALinear(nn.Module):
@@ -67,9 +119,11 @@ class LoRALinear(nn.Module):
         The ``nn.Linear(k, d)`` to adapt; its weight W0 (d×k) and bias are frozen
         (``requires_grad=False``) and kept as ``self.base``.
     r:
-        Rank of the update (source §2.1: r ≪ min(d, k)); ``lora_A`` is (r, k), ``lora_B`` (d, r).
+        Rank of the update, 1 ≤ r ≤ min(d, k) (source §2.1: r ≪ min(d, k)); ``lora_A`` is (r, k),
+        ``lora_B`` (d, r).
     alpha:
-        Scale numerator: s = α / r (or α / √r with ``rslora=True``, Kalajdzievski 2023).
+        Scale numerator, a finite number > 0: s = α / r (or α / √r with ``rslora=True``,
+        Kalajdzievski 2023).
     dropout:
         Dropout probability on the bypass input only, in [0, 1).
     init:
@@ -83,37 +137,50 @@ class LoRALinear(nn.Module):
     rslora:
         Use s = α/√r (rank-stabilised LoRA) instead of α/r.
     gaussian_std:
-        σ for ``init="gaussian"`` (default 1/r).
+        σ > 0 for ``init="gaussian"`` (default 1/r); an error with ``init="kaiming"``.
     generator:
         Optional ``torch.Generator`` for the initialisation of A.
+
+    Numbers may be Python or numpy scalars. A wrong type raises ``TypeError``, a wrong value
+    ``ValueError``, each naming the argument.
+
+    The merged state is part of the state dict (the boolean buffer ``lora_merged``): a state dict
+    saved after :meth:`merge` holds W0 + s·B·A *and* says so, so loading it into an unmerged layer
+    makes that layer merged too, and the update is never applied twice.
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0,
                  init: str = "gaussian", rslora: bool = False, gaussian_std: float | None = None,
                  generator: torch.Generator | None = None) -> None:
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
-        _check_hparams(r, alpha, dropout, init)
-        if gaussian_std is not None and not gaussian_std > 0:
-            raise ValueError(f"gaussian_std must be > 0, got {gaussian_std}")
+        check_instance("base", base, nn.Linear)
+        r, alpha, dropout, init, rslora, gaussian_std = _check_hparams(
+            r, alpha, dropout, init, rslora, gaussian_std)
+        _check_rank_fits(r, base)
+        if generator is not None:
+            check_instance("generator", generator, torch.Generator)
         super().__init__()
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
         d, k = base.out_features, base.in_features
         self.r = r
-        self.alpha = float(alpha)
-        self.rslora = bool(rslora)
+        self.alpha = alpha
+        self.rslora = rslora
         self.init = init
-        self.scaling = self.alpha / (math.sqrt(r) if rslora else r)
+        self.dropout_p = dropout
+        self.scaling = alpha / (math.sqrt(r) if rslora else r)
         factory = {"dtype": base.weight.dtype, "device": base.weight.device}
         self.lora_A = nn.Parameter(torch.empty(r, k, **factory))
         self.lora_B = nn.Parameter(torch.zeros(d, r, **factory))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
+        # persistent: the flag travels with the (possibly merged) base weight in the state dict
+        self.register_buffer("lora_merged", torch.zeros((), dtype=torch.bool,
+                                                        device=base.weight.device))
+        self._merged = False  # Python mirror of the buffer (no tensor read in forward)
+        self.register_load_state_dict_post_hook(_sync_merged_flag)
         with torch.no_grad():
             if init == "gaussian":
-                std = 1.0 / r if gaussian_std is None else float(gaussian_std)
+                std = 1.0 / r if gaussian_std is None else gaussian_std
                 self.lora_A.normal_(0.0, std, generator=generator)
             else:
                 # kaiming_uniform_(a=√5): gain √(2/(1+5)) = √(1/3), bound gain·√(3/k) = 1/√k
@@ -128,26 +195,75 @@ class LoRALinear(nn.Module):
     def out_features(self) -> int:
         return self.base.out_features
 
+    @property
+    def merged(self) -> bool:
+        """Whether ``base.weight`` currently holds W0 + s·B·A (set by :meth:`merge`)."""
+        return self._merged
+
+    def _set_merged(self, value: bool) -> None:
+        self._merged = value
+        self.lora_merged.fill_(value)
+
     def delta_weight(self) -> Tensor:
         """s·ΔW = s·B·A, shape (d, k): the scaled update that :meth:`merge` adds to W0."""
         return self.scaling * (self.lora_B @ self.lora_A)
 
+    def _base_call_is_plain(self) -> bool:
+        """True if ``self.base(x)`` would run exactly ``F.linear(x, W0, b)`` and nothing else: an
+        ``nn.Linear`` itself (no subclass, no patched forward) without hooks, and no global
+        module hooks (the conditions of ``nn.Module.__call__``'s own shortcut)."""
+        base = self.base
+        if type(base) is not nn.Linear or "forward" in base.__dict__:
+            return False
+        if (base._forward_hooks or base._forward_pre_hooks or base._backward_hooks
+                or base._backward_pre_hooks):
+            return False
+        hooks = torch.nn.modules.module
+        return not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+                    or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
+
     def forward(self, x: Tensor) -> Tensor:
         """h = W0·x + b + s·B·(A·dropout(x)); after :meth:`merge` just the (merged) base layer.
 
-        While merged, the bypass is not evaluated, so A and B receive no gradient.
+        The base layer's output is never modified. When calling ``self.base`` would do nothing
+        but W0·x + b (a plain ``nn.Linear``, no hooks), that product is computed here into a
+        tensor only this call holds, and the bypass is accumulated into it in place by one fused
+        ``addmm_``; otherwise ``self.base(x)`` is called (its hooks see W0·x + b) and the bypass
+        is added out of place (``addmm``, one extra copy of the output). Works under
+        ``torch.autocast`` and with float16/bfloat16 weights. :meth:`reference_forward` is the
+        formula written plainly; the tests check both paths against it. While merged, the bypass
+        is not evaluated, so A and B receive no gradient.
         """
-        out = self.base(x)
-        if self.merged:
-            return out
+        if self._merged:
+            return self.base(x)
+        plain = self._base_call_is_plain()
+        out = F.linear(x, self.base.weight, self.base.bias) if plain else self.base(x)
+        a, b = self.lora_A, self.lora_B
         # Rows of x as columns X (k × n). A: 降维, A·X is (r × n); s is folded into this small
         # product. (A·X rather than X^T·A^T: the skinny GEMM runs ≈ 2× faster in this layout.)
         cols = self.dropout(x).reshape(-1, self.in_features).t()
-        down = torch.mm(self.lora_A, cols) * self.scaling
-        # B: 升维, (B·down)^T accumulated into W0·x + b by one fused in-place GEMM (the base
-        # output is not saved by autograd, so updating it in place is safe)
-        out.view(-1, self.out_features).addmm_(down.t(), self.lora_B.t())
-        return out
+        down = torch.mm(a, cols.to(a.dtype)) * self.scaling
+        # B: 升维, (B·down)^T added to W0·x + b. Under autocast both products run in the autocast
+        # dtype; otherwise the bypass is cast to the output's dtype (a no-op when A, B and W0
+        # share it).
+        flat = out.reshape(-1, self.out_features)
+        up_in, up_w = down.t().to(flat.dtype), b.t().to(flat.dtype)
+        if plain:
+            # `out` exists only in this call, and F.linear's backward does not need it: update it
+            # in place (one fused GEMM, no copy of the output)
+            flat.addmm_(up_in, up_w)
+            return out
+        return torch.addmm(flat, up_in, up_w).view(out.shape)
+
+    def reference_forward(self, x: Tensor) -> Tensor:
+        """The formula as written, h = W0·x + b + s·B·(A·dropout(x)), with two ``F.linear`` calls
+        and an out-of-place sum: the plain path that :meth:`forward` is tested against."""
+        h = self.base(x)
+        if self._merged:
+            return h
+        bypass = F.linear(F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A),
+                          self.lora_B)
+        return h + (self.scaling * bypass).to(h.dtype)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -156,20 +272,23 @@ class LoRALinear(nn.Module):
         Idempotent: calling it again on a merged layer does nothing (the update is never added
         twice). Merging is explicit — ``eval()``/``train()`` never merge or unmerge.
         """
-        if not self.merged:
-            self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=self.scaling)
-            self.merged = True
+        if not self._merged:
+            w = self.base.weight
+            w.addmm_(self.lora_B.to(w.dtype), self.lora_A.to(w.dtype), alpha=self.scaling)
+            self._set_merged(True)
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """W0 ← W0 − s·B·A in place; no-op on a layer that is not merged.
 
-        Restores W0 up to floating-point rounding (≤ 1e-12 relative in float64), so train or
-        swap adapters again after an unmerge, not while merged.
+        Restores W0 up to floating-point rounding (≤ 1e-12 relative in float64; a few units of
+        the last place in float16/bfloat16), so train or swap adapters again after an unmerge,
+        not while merged.
         """
-        if self.merged:
-            self.base.weight.addmm_(self.lora_B, self.lora_A, alpha=-self.scaling)
-            self.merged = False
+        if self._merged:
+            w = self.base.weight
+            w.addmm_(self.lora_B.to(w.dtype), self.lora_A.to(w.dtype), alpha=-self.scaling)
+            self._set_merged(False)
 
     def merged_linear(self) -> nn.Linear:
         """A new plain ``nn.Linear`` whose weight is W0 + s·B·A (this layer is not modified)."""
@@ -177,16 +296,26 @@ class LoRALinear(nn.Module):
         w = self.base.weight
         lin = nn.Linear(k, d, bias=self.base.bias is not None, dtype=w.dtype, device=w.device)
         with torch.no_grad():
-            lin.weight.copy_(w if self.merged else torch.addmm(w, self.lora_B, self.lora_A,
-                                                                 alpha=self.scaling))
+            lin.weight.copy_(w if self._merged else torch.addmm(
+                w, self.lora_B.to(w.dtype), self.lora_A.to(w.dtype), alpha=self.scaling))
             if self.base.bias is not None:
                 lin.bias.copy_(self.base.bias)
         lin.requires_grad_(False)
         return lin
 
+    def settings(self) -> dict:
+        """The layer's configuration as plain values (what an adapter file records per layer)."""
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "r": self.r, "alpha": self.alpha, "rslora": self.rslora, "init": self.init,
+                "dropout": self.dropout_p}
+
     def extra_repr(self) -> str:
         return (f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}, init={self.init}, "
-                f"rslora={self.rslora}, merged={self.merged}")
+                f"rslora={self.rslora}, merged={self._merged}")
+
+
+def _check_model(model: object) -> nn.Module:
+    return check_instance("model", model, nn.Module)
 
 
 def apply_lora(model: nn.Module, target_modules: str | Sequence[str], r: int, alpha: float,
@@ -196,23 +325,27 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str], r: int, al
 
     Names match exactly or as a dotted suffix (``"q_proj"`` selects ``blocks.0.attn.q_proj``).
     Every other parameter is frozen (source §2.3 (1): "冻结其余模块"); re-enable a new classifier
-    head yourself if the task needs one. With ``seed`` the A matrices are drawn from a generator
-    seeded with it (layers in sorted-name order), else from torch's global generator.
+    head yourself if the task needs one (:func:`save_lora` then saves it with the adapter). With
+    ``seed`` the A matrices are drawn from a generator seeded with it (layers in sorted-name
+    order), else from torch's global generator.
 
-    Returns the model. Raises ``ValueError`` naming ``target_modules`` if nothing matched, and for
-    bad ``r``/``alpha``/``dropout``/``init``; the model is unchanged on any error.
+    Returns the model. Raises ``ValueError`` naming ``target_modules`` if nothing matched,
+    ``ValueError`` naming ``r`` if r > min(d, k) for a selected layer, and ``TypeError`` /
+    ``ValueError`` naming a bad ``r``/``alpha``/``dropout``/``init``/``rslora``/``seed``; the model
+    is unchanged on any error.
     """
-    _check_hparams(r, alpha, dropout, init)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    r, alpha, dropout, init, rslora, _ = _check_hparams(r, alpha, dropout, init, rslora)
+    if seed is not None:
+        seed = check_int("seed", seed, 0, 2**64 - 1)
+    _check_model(model)
     modules = dict(model.named_modules())
-    wrapped = [n for n in find_linear_targets(model, target_modules)
-               if isinstance(modules.get(n.rpartition(".")[0]), LoRALinear)]
+    names = find_linear_targets(model, target_modules)
+    wrapped = [n for n in names if isinstance(modules.get(n.rpartition(".")[0]), LoRALinear)]
     if wrapped:
         raise ValueError(f"target_modules={target_modules!r} selects the base of existing LoRA "
                          f"layers {wrapped}")
+    for name in names:
+        _check_rank_fits(r, modules[name], f" of {name!r}")
     generator = None if seed is None else torch.Generator().manual_seed(seed)
 
     def factory(linear: nn.Linear) -> LoRALinear:
@@ -224,62 +357,98 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str], r: int, al
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
-    """The :class:`LoRALinear` submodules of ``model`` by qualified name."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    """The :class:`LoRALinear` submodules of ``model`` by qualified name (``""`` for ``model``
+    itself if it is one)."""
+    _check_model(model)
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every :class:`LoRALinear` by a plain ``nn.Linear`` with W = W0 + s·B·A, in place.
+def merge_lora(model: nn.Module, replace: bool = True) -> nn.Module:
+    """Merge every :class:`LoRALinear` of ``model``: W ← W0 + s·B·A (source §2.2, 2).
 
-    The result has exactly the original architecture (source §2.2, 2: zero inference latency).
-    Returns the model; raises ``ValueError`` if it holds no LoRA layer.
+    * ``replace=True`` (default; PEFT's ``merge_and_unload()``): each LoRA layer is replaced by
+      its merged base ``nn.Linear``, so the result has exactly the original architecture and zero
+      inference latency. The adapter is gone: :func:`unmerge_lora` cannot undo this (it raises).
+      For a bare ``LoRALinear`` the merged ``nn.Linear`` itself is returned.
+    * ``replace=False`` (PEFT's ``merge_adapter()``): the layers stay :class:`LoRALinear`, merged
+      in place (forward = base layer, A and B kept); :func:`unmerge_lora` undoes it.
+
+    Returns the model (or, for a bare layer with ``replace=True``, its base ``nn.Linear``).
+    Raises ``ValueError`` if ``model`` holds no LoRA layer.
     """
+    _check_model(model)
+    replace = check_instance("replace", replace, bool)
+    if isinstance(model, LoRALinear):
+        model.merge()
+        return model.base if replace else model
     layers = lora_layers(model)
     if not layers:
         raise ValueError("model holds no LoRALinear layer to merge")
-    modules = dict(model.named_modules())
-    for name, layer in layers.items():
+    for layer in layers.values():
         layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, layer.base)
+    if replace:
+        modules = dict(model.named_modules())
+        for name, layer in layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, layer.base)
     return model
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:
-    """Call :meth:`LoRALinear.unmerge` on every LoRA layer (layers that are not merged: no-op)."""
-    for layer in lora_layers(model).values():
+    """Undo :func:`merge_lora` with ``replace=False``: :meth:`LoRALinear.unmerge` on every layer
+    (layers that are not merged: no-op). Returns the model.
+
+    Raises ``ValueError`` if ``model`` holds no LoRA layer — in particular after
+    ``merge_lora(model)`` with the default ``replace=True``, which replaced the layers by plain
+    ``nn.Linear`` layers: W0 and ΔW can no longer be told apart.
+    """
+    _check_model(model)
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model holds no LoRALinear layer to unmerge; merge_lora(model) with "
+                         "replace=True replaces them by plain nn.Linear layers, which cannot be "
+                         "unmerged — merge with merge_lora(model, replace=False) to keep them")
+    for layer in layers.values():
         layer.unmerge()
     return model
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Adapter-only state: ``{"<layer>.lora_A": (r, k), "<layer>.lora_B": (d, r)}`` (copies).
+    """The LoRA matrices only: ``{"<layer>.lora_A": (r, k), "<layer>.lora_B": (d, r)}`` (copies).
 
-    This is all a LoRA checkpoint needs (source §2.2, 1: "仅存小矩阵A/B").
+    What the document calls the checkpoint (source §2.2, 1: "仅存小矩阵A/B"). An adapter that was
+    trained together with other tensors (a new head) needs those too: :func:`save_lora` saves
+    them.
     """
     out: dict[str, Tensor] = {}
     for name, layer in lora_layers(model).items():
-        out[f"{name}.lora_A"] = layer.lora_A.detach().clone()
-        out[f"{name}.lora_B"] = layer.lora_B.detach().clone()
+        out[_join(name, "lora_A")] = layer.lora_A.detach().clone()
+        out[_join(name, "lora_B")] = layer.lora_B.detach().clone()
     return out
 
 
-def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Copy adapter tensors into ``model``'s LoRA layers, strictly.
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
-    Raises ``KeyError`` naming missing or unexpected keys, ``ValueError`` naming a key whose shape
-    differs, ``TypeError`` for a non-tensor value, and ``ValueError`` if a target layer is merged
-    (unmerge first). Everything is checked before anything is copied.
-    """
+
+def _lora_param_names(layers: Mapping[str, LoRALinear]) -> set[str]:
+    return {_join(n, f"lora_{m}") for n in layers for m in "AB"}
+
+
+def _other_trainable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable parameters of ``model`` other than the LoRA matrices (e.g. a new head)."""
+    lora_names = _lora_param_names(lora_layers(model))
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and n not in lora_names}
+
+
+def _check_lora_state(layers: Mapping[str, LoRALinear], state: object) -> dict[str, Tensor]:
+    """Strict key, type and shape check of LoRA tensors; returns ``{key: target parameter}``."""
     if not isinstance(state, Mapping):
         raise TypeError(f"state must be a mapping of tensors, got {type(state).__name__}")
-    layers = lora_layers(model)
     expected = {}
     for name, layer in layers.items():
-        expected[f"{name}.lora_A"] = layer.lora_A
-        expected[f"{name}.lora_B"] = layer.lora_B
+        expected[_join(name, "lora_A")] = layer.lora_A
+        expected[_join(name, "lora_B")] = layer.lora_B
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing:
@@ -293,24 +462,350 @@ def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
         if value.shape != param.shape:
             raise ValueError(f"state[{key!r}] has shape {tuple(value.shape)}, the model's "
                              f"{key} has {tuple(param.shape)}")
+    return expected
+
+
+def _check_not_merged(layers: Mapping[str, LoRALinear]) -> None:
     merged = [n for n, layer in layers.items() if layer.merged]
     if merged:
         raise ValueError(f"layers {merged} are merged; unmerge them before loading an adapter")
+
+
+def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy LoRA matrices (as from :func:`lora_state_dict`) into ``model``'s LoRA layers, strictly.
+
+    Raises ``KeyError`` naming missing or unexpected keys, ``ValueError`` naming a key whose shape
+    differs, ``TypeError`` for a non-tensor value, and ``ValueError`` if a target layer is merged
+    (unmerge first). Everything is checked before anything is copied.
+    """
+    layers = lora_layers(model)
+    expected = _check_lora_state(layers, state)
+    _check_not_merged(layers)
     with torch.no_grad():
         for key, param in expected.items():
             param.copy_(state[key])
 
 
+def adapter_config(model: nn.Module) -> dict:
+    """What :func:`save_lora` records beside the tensors, as plain JSON-compatible values.
+
+    ``{"format", "format_version", "lora_edu_version", "target_modules": [layer names],
+    "layers": {name: {"in_features", "out_features", "r", "alpha", "rslora", "init",
+    "dropout"}}, "trainable": [other trainable tensors, e.g. "head.weight"]}``. The scaling rule
+    is ``rslora`` (s = α/√r if true, else α/r).
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model holds no LoRALinear layer")
+    return {
+        "format": ADAPTER_FORMAT,
+        "format_version": ADAPTER_FORMAT_VERSION,
+        "lora_edu_version": _library_version(),
+        "target_modules": sorted(layers),
+        "layers": {name: layer.settings() for name, layer in sorted(layers.items())},
+        "trainable": sorted(_other_trainable(model)),
+    }
+
+
+def _library_version() -> str:
+    """The installed lora_edu distribution's version ("unknown" when run from a bare checkout)."""
+    try:
+        return importlib.metadata.version("lora-edu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _check_path(path: object) -> str | os.PathLike:
+    return check_instance("path", path, (str, os.PathLike))
+
+
 def save_lora(model: nn.Module, path: str | os.PathLike) -> int:
-    """Save the adapter-only state dict with ``torch.save``; return the file size in bytes."""
-    state = lora_state_dict(model)
-    if not state:
-        raise ValueError("model holds no LoRALinear layer to save")
-    torch.save(state, path)
+    """Save the adapter — every trainable tensor and the configuration — to ``path``.
+
+    The file (``torch.save``) holds a dict ``{"config": adapter_config(model), "lora": the A/B
+    matrices (lora_state_dict), "trainable": every other parameter with requires_grad=True, by
+    name}``: an adapter trained together with a new classifier head (see :func:`apply_lora`)
+    needs the head to reproduce the model. Frozen tensors are not saved: load the file into the
+    same base model. Returns the file size in bytes.
+    """
+    _check_path(path)
+    config = adapter_config(model)
+    trainable = {n: p.detach().clone() for n, p in _other_trainable(model).items()}
+    torch.save({"config": config, "lora": lora_state_dict(model), "trainable": trainable}, path)
     return os.path.getsize(path)
 
 
-def load_lora(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load an adapter saved by :func:`save_lora` (``torch.load(..., weights_only=True)``)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    load_lora_state_dict(model, state)
+def _check_layer_settings(layers: Mapping[str, LoRALinear], saved: Mapping[str, Mapping],
+                          source: str) -> None:
+    """The model's LoRA layers and their settings against a saved configuration; one
+    ``ValueError`` that names every module and setting that differs."""
+    problems = []
+    lacking = sorted(set(saved) - set(layers))
+    if lacking:
+        problems.append(f"the model has no LoRA layer at {lacking} (its LoRA layers: "
+                        f"{sorted(layers)})")
+    unsaved = sorted(set(layers) - set(saved))
+    if unsaved:
+        problems.append(f"the model's LoRA layers {unsaved} are not in {source}")
+    for name in sorted(set(saved) & set(layers)):
+        mine = layers[name].settings()
+        for key in _CHECKED_SETTINGS:
+            theirs = saved[name].get(key)
+            if theirs != mine[key]:
+                problems.append(f"{name}: {key} is {theirs!r} in {source}, {mine[key]!r} in the "
+                                "model")
+    if problems:
+        raise ValueError("adapter does not match the model: " + "; ".join(problems))
+
+
+def _load_adapter(model: nn.Module, saved_layers: Mapping[str, Mapping],
+                  lora: Mapping[str, Tensor], others: Mapping[str, Tensor], strict: bool,
+                  source: str) -> None:
+    """Check everything, then copy the LoRA matrices and the other tensors into ``model``."""
+    layers = lora_layers(model)
+    _check_layer_settings(layers, saved_layers, source)
+    expected = _check_lora_state(layers, lora)
+    _check_not_merged(layers)
+    targets: dict[str, Tensor] = dict(model.named_buffers())
+    targets.update(model.named_parameters())
+    absent = sorted(set(others) - set(targets))
+    if absent:
+        raise ValueError(f"{source} holds tensors {absent} that the model does not have")
+    for name, value in others.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{source}: {name} must be a Tensor, got {type(value).__name__}")
+        if value.shape != targets[name].shape:
+            raise ValueError(f"{source}: {name} has shape {tuple(value.shape)}, the model's has "
+                             f"{tuple(targets[name].shape)}")
+    left_out = sorted(set(_other_trainable(model)) - set(others))
+    if left_out:
+        message = (f"the model's trainable tensors {left_out} are not in {source}: they keep "
+                   "their current values")
+        if strict:
+            raise ValueError(message + " (pass strict=False to load anyway)")
+        warnings.warn(message, stacklevel=3)
+    with torch.no_grad():
+        for key, param in expected.items():
+            param.copy_(lora[key])
+        for name, value in others.items():
+            targets[name].copy_(value)
+            if isinstance(targets[name], nn.Parameter):
+                targets[name].requires_grad_(True)
+
+
+def load_lora(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> dict:
+    """Load an adapter saved by :func:`save_lora` into ``model``; return the file's config.
+
+    The file is read with ``torch.load(..., weights_only=True)`` (tensors and plain values only;
+    no code from the file runs). ``model`` must hold LoRA layers at the same names with the same
+    shapes, r, α and scaling rule (``init`` and ``dropout`` are recorded but not compared: they do
+    not change what a loaded adapter computes), none of them merged; every other saved tensor
+    must exist in the model with the same shape, and becomes trainable again. A trainable tensor
+    of the model that the file lacks raises (``strict=True``) or warns (``strict=False``).
+    Raises ``ValueError`` naming every mismatch; nothing is copied unless all checks pass.
+    """
+    _check_path(path)
+    strict = check_instance("strict", strict, bool)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    config = obj.get("config") if isinstance(obj, Mapping) else None
+    if not (isinstance(config, Mapping) and config.get("format") == ADAPTER_FORMAT):
+        raise ValueError(f"path {os.fspath(path)!r} does not hold a lora_edu adapter file "
+                         "(written by save_lora)")
+    if config.get("format_version") != ADAPTER_FORMAT_VERSION:
+        raise ValueError(f"path {os.fspath(path)!r} has adapter format version "
+                         f"{config.get('format_version')!r}; this lora_edu reads version "
+                         f"{ADAPTER_FORMAT_VERSION}")
+    _load_adapter(model, config["layers"], obj["lora"], obj["trainable"], strict,
+                  "the adapter file")
+    return dict(config)
+
+
+# ------------------------------------------------------------------ Hugging Face PEFT format
+
+
+def _peft_config_and_tensors(model: nn.Module) -> tuple[dict, dict[str, Tensor]]:
+    """PEFT's adapter_config.json content and its tensors, keyed as PeftModel saves them."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("model holds no LoRALinear layer to export")
+    if "" in layers:
+        raise ValueError("model is a bare LoRALinear; wrap it in a module (PEFT addresses "
+                         "layers by name)")
+    for key in ("rslora", "dropout"):
+        values = {layer.settings()[key] for layer in layers.values()}
+        if len(values) > 1:
+            raise ValueError(f"PEFT needs one {key} for all layers, the model's layers have "
+                             f"{sorted(values)}")
+    # the most frequent r and alpha are the defaults; other layers go to rank/alpha_pattern
+    r = max(sorted({m.r for m in layers.values()}),
+            key=lambda v: sum(m.r == v for m in layers.values()))
+    alpha = max(sorted({m.alpha for m in layers.values()}),
+                key=lambda v: sum(m.alpha == v for m in layers.values()))
+    first = next(iter(layers.values()))
+    tensors: dict[str, Tensor] = {}
+    for name, layer in layers.items():
+        tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = layer.lora_A.detach()
+        tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = layer.lora_B.detach()
+    # PEFT's modules_to_save: whole modules, stored with their full state dict
+    owners = sorted({n.rpartition(".")[0] for n in _other_trainable(model)})
+    for owner in owners:
+        if not owner:
+            raise ValueError("model has a trainable parameter directly on the root module; PEFT "
+                             "can save whole submodules only (modules_to_save)")
+        inside = [n for n in layers if owner == n or owner.startswith(n + ".")
+                  or n.startswith(owner + ".")]
+        if inside:
+            raise ValueError(f"trainable tensors of {owner!r} overlap the LoRA layers {inside}; "
+                             "PEFT's format has no place for them (only lora_A/lora_B are "
+                             "trainable inside a LoRA layer)")
+        for key, value in model.get_submodule(owner).state_dict().items():
+            tensors[f"{_PEFT_PREFIX}{owner}.{key}"] = value.detach()
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "r": r,
+        "lora_alpha": alpha,
+        "use_rslora": first.rslora,
+        "lora_dropout": first.dropout_p,
+        "target_modules": sorted(layers),
+        "rank_pattern": {re.escape(n): m.r for n, m in sorted(layers.items()) if m.r != r},
+        "alpha_pattern": {re.escape(n): m.alpha for n, m in sorted(layers.items())
+                          if m.alpha != alpha},
+        "modules_to_save": owners or None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_dora": False,
+        "init_lora_weights": "gaussian" if first.init == "gaussian" else True,
+        "inference_mode": True,
+    }
+    return config, {k: v.contiguous().clone() for k, v in tensors.items()}
+
+
+def export_peft(model: nn.Module, directory: str | os.PathLike,
+                safe_serialization: bool = True) -> list[Path]:
+    """Write the adapter of ``model`` in Hugging Face PEFT's layout into ``directory``.
+
+    ``adapter_config.json`` (``peft_type "LORA"``, ``r``, ``lora_alpha``, ``use_rslora``,
+    ``lora_dropout``, ``target_modules`` = the LoRA layers' full names, ``rank_pattern`` /
+    ``alpha_pattern`` for layers whose r or α differ from the most common one,
+    ``modules_to_save`` = the modules holding other trainable tensors, ``bias "none"``) and the
+    tensors under PEFT's keys ``base_model.model.<layer>.lora_A.weight`` / ``.lora_B.weight``
+    (and ``base_model.model.<module>.<tensor>`` for ``modules_to_save``), in
+    ``adapter_model.safetensors`` (needs the ``safetensors`` package) or, with
+    ``safe_serialization=False``, ``adapter_model.bin`` (``torch.save``).
+
+    ``peft.PeftModel.from_pretrained(base_model, directory)`` then rebuilds the adapted model on
+    the same base model. The scale s is identical (PEFT: α/r, or α/√r with ``use_rslora``).
+    Returns the paths written. Raises ``ValueError`` for what PEFT's LoRA format cannot express
+    (different dropout or scaling rule per layer, trainable tensors inside a LoRA layer other
+    than A and B).
+    """
+    safe_serialization = check_instance("safe_serialization", safe_serialization, bool)
+    directory = Path(_check_dir(directory))
+    config, tensors = _peft_config_and_tensors(model)
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / _PEFT_CONFIG
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if safe_serialization:
+        from safetensors.torch import save_file
+
+        weights_path = directory / _PEFT_SAFETENSORS
+        save_file(tensors, str(weights_path), metadata={"format": "pt"})
+    else:
+        weights_path = directory / _PEFT_BIN
+        torch.save(tensors, weights_path)
+    return [config_path, weights_path]
+
+
+def _check_dir(directory: object) -> str | os.PathLike:
+    return check_instance("directory", directory, (str, os.PathLike))
+
+
+def _pattern_value(patterns: Mapping[str, object], name: str, default: object) -> object:
+    """PEFT's rank/alpha_pattern lookup: the first key that matches the end of the module path."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return value
+    return default
+
+
+def import_peft(model: nn.Module, directory: str | os.PathLike, strict: bool = True) -> nn.Module:
+    """Load a PEFT LoRA adapter directory (``save_pretrained`` / :func:`export_peft`) into
+    ``model``, the base model it was trained on; return the model.
+
+    If ``model`` holds no LoRA layer yet, a :class:`LoRALinear` is put at every layer the file
+    has tensors for (r and α from the config, its ``rank_pattern``/``alpha_pattern`` applied),
+    and everything else is frozen, as :func:`apply_lora` does; otherwise its LoRA layers must
+    match. The ``modules_to_save`` tensors are copied into the model's modules of those names and
+    made trainable. Then the same checks as :func:`load_lora`. Raises ``ValueError`` for a
+    config this library cannot represent (not ``peft_type "LORA"``, DoRA, trained biases,
+    ``fan_in_fan_out``) and for every mismatch with the model.
+    """
+    _check_model(model)
+    strict = check_instance("strict", strict, bool)
+    directory = Path(_check_dir(directory))
+    config = json.loads((directory / _PEFT_CONFIG).read_text())
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"directory holds a {config.get('peft_type')!r} adapter, not 'LORA'")
+    for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"),
+                    ("lora_bias", False)):
+        if config.get(key, ok) != ok:
+            raise ValueError(f"directory's adapter has {key}={config[key]!r}, which lora_edu's "
+                             f"LoRALinear does not implement (needs {ok!r})")
+    if (directory / _PEFT_SAFETENSORS).exists():
+        from safetensors.torch import load_file
+
+        raw = load_file(str(directory / _PEFT_SAFETENSORS))
+    else:
+        raw = torch.load(directory / _PEFT_BIN, map_location="cpu", weights_only=True)
+    lora: dict[str, Tensor] = {}
+    others: dict[str, Tensor] = {}
+    for key, value in raw.items():
+        name = key.removeprefix(_PEFT_PREFIX)
+        match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", name)
+        if match:
+            lora[f"{match[1]}.lora_{match[2]}"] = value
+        else:
+            others[name] = value
+    names = sorted({k.rpartition(".")[0] for k in lora})
+    r0, alpha0 = config["r"], config["lora_alpha"]
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    saved = {}
+    for name in names:
+        r = _pattern_value(rank_pattern, name, r0)
+        saved[name] = {"r": r, "alpha": float(_pattern_value(alpha_pattern, name, alpha0)),
+                       "rslora": bool(config.get("use_rslora", False)),
+                       "in_features": lora[f"{name}.lora_A"].shape[1],
+                       "out_features": lora[f"{name}.lora_B"].shape[0]}
+    source = f"the PEFT adapter {os.fspath(directory)!r}"
+    if lora_layers(model):
+        _load_adapter(model, saved, lora, others, strict, source)
+        return model
+    modules = dict(model.named_modules())
+    lacking = [n for n in names if not isinstance(modules.get(n), nn.Linear)]
+    if lacking:
+        raise ValueError(f"the model has no nn.Linear at {lacking}, which {source} adapts")
+    by_id = {id(modules[n]): saved[n] for n in names}
+    init = "gaussian" if config.get("init_lora_weights") == "gaussian" else "kaiming"
+
+    def factory(linear: nn.Linear) -> LoRALinear:
+        if id(linear) not in by_id:
+            raise ValueError(f"{source}: its layer names also select another nn.Linear")
+        s = by_id[id(linear)]
+        return LoRALinear(linear, s["r"], s["alpha"], dropout=config.get("lora_dropout", 0.0),
+                          init=init, rslora=s["rslora"])
+
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    inject_adapters(model, names, factory)
+    try:
+        _load_adapter(model, saved, lora, others, strict, source)
+    except BaseException:  # leave the model as it was: the original layers, the same flags
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            setattr(modules[parent_name] if parent_name else model, child, modules[name])
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
+        raise
+    return model
