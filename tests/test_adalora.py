@@ -1,9 +1,11 @@
 """SVDLinear, the orthogonal regulariser, the allocator, apply_adalora (lora_edu.adalora)."""
 
 import math
+import random
 import warnings
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from lora_edu.adalora import (
     find_svd_modules,
     orthogonal_penalty,
     orthogonal_regularizer,
+    triplet_scores,
 )
 from lora_edu.toy import TinyTransformer, ToyConfig, downstream_task, train
 
@@ -220,11 +223,24 @@ def _run(model, alloc, steps, lr=1e-2, seed=0, check=None):
             check(t)
 
 
-def _nonzero_lambda(alloc):
-    return sum(int(m.lora_lambda.count_nonzero()) for m in alloc.modules.values())
+def _used_triplets(alloc):
+    """Triplets the forward pass really computes with, measured from its output: for every layer,
+    the rank of layer(I) − base(I) = (s·P·diag(λ_used)·Q)ᵀ, independent of how masking is done."""
+    total = 0
+    with torch.no_grad():
+        for m in alloc.modules.values():
+            eye = torch.eye(m.in_features, dtype=m.lora_P.dtype)
+            delta = m(eye) - m.base(eye)
+            total += int(torch.linalg.matrix_rank(delta, rtol=1e-6))
+    return total
 
 
-def test_nonzero_lambda_follow_the_cubic_schedule_by_hand():
+def _stack64(**kw):
+    return _stack(**kw).double()
+
+
+@pytest.mark.parametrize("mask_between_steps", [True, False])
+def test_nonzero_lambda_follow_the_cubic_schedule_by_hand(mask_between_steps):
     # Worked case: 4 layers × r = 3 = 12 triplets pruned to 5; T = 40, t_i = 5, t_f = 10, masking at
     # every step. For 5 < t < 30, b(t) = 5 + ⌊7·((30 − t)/25)³⌋, e.g. t = 6: 7·24³/25³ = 6.19 → 11;
     # t = 10: 7·0.8³ = 3.58 → 8; t = 14: 7·0.64³ = 1.84 → 6; t = 17: 7·0.52³ = 0.98 → 5.
@@ -232,67 +248,202 @@ def test_nonzero_lambda_follow_the_cubic_schedule_by_hand():
                13: 7, 14: 6, 15: 6, 16: 6, **{t: 5 for t in range(17, 41)}}
     assert all(by_hand[t] == 5 + math.floor(Fraction(7 * (30 - t) ** 3, 25 ** 3))
                for t in range(6, 30))
-    model = _stack()
-    alloc = RankAllocator(model, target_budget=5, total_steps=40, t_init=5, t_final=10)
+    model = _stack64()
+    alloc = RankAllocator(model, target_budget=5, total_steps=40, t_init=5, t_final=10,
+                          mask_between_steps=mask_between_steps)
     assert alloc.n_triplets == 12
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    x = torch.randn(32, 8, generator=gen, dtype=torch.float64)
+    y = torch.randn(32, 8, generator=gen, dtype=torch.float64)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    counted = {}
+    counted, measured = {}, {}
     for t in range(1, 41):
-        out = model(x)                      # applies the masks decided at step t − 1
+        out = model(x)                      # uses the masks decided at step t − 1
         if t > 1:                           # (at t = 1 every λ is still at its zero start)
-            counted[t - 1] = _nonzero_lambda(alloc)
+            counted[t - 1] = alloc.nonzero_lambdas()
+            measured[t - 1] = _used_triplets(alloc)
         loss = (out - y).pow(2).mean() + orthogonal_penalty(model, 0.1)
         opt.zero_grad()
         loss.backward()
         alloc.step(t)
         opt.step()
-    model(x)
-    counted[40] = _nonzero_lambda(alloc)
-    assert counted == by_hand
-    for m in alloc.modules.values():   # pruned λ are exactly zero
+    counted[40], measured[40] = alloc.nonzero_lambdas(), _used_triplets(alloc)
+    assert counted == by_hand and measured == by_hand
+    alloc.apply_masks()
+    for m in alloc.modules.values():   # written into the parameter only now, on request
         assert torch.all(m.lora_lambda[m.rank_mask == 0] == 0)
+        assert torch.all(m.lora_lambda[m.rank_mask == 1] != 0)
 
 
-def test_pruned_lambda_grow_back_between_masking_steps():
-    # with ΔT = 5 the masks are applied only every 5th step during pruning: a pruned λ is zeroed by
-    # the next forward and then trained again, so it is non-zero until the next masking step
-    model = _stack()
-    alloc = RankAllocator(model, target_budget=4, total_steps=40, t_init=5, t_final=10,
-                          delta_t=5)
+def _train_counting(mask_between_steps, steps=40, delta_t=5, target=4):
+    """Train a float64 stack with ΔT = 5; per step: the budget the allocator reports when the
+    forward pass runs, and the triplets that forward pass used (measured from its output)."""
+    model = _stack64()
+    alloc = RankAllocator(model, target_budget=target, total_steps=steps, t_init=5, t_final=10,
+                          delta_t=delta_t, mask_between_steps=mask_between_steps)
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 8, generator=gen)
+    x = torch.randn(32, 8, generator=gen, dtype=torch.float64)
+    y = torch.randn(32, 8, generator=gen, dtype=torch.float64)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    counted = {}
-    for t in range(1, 41):
+    reported, used, counted = {}, {}, {}
+    for t in range(1, steps + 1):
         out = model(x)
-        counted[t] = _nonzero_lambda(alloc)
-        loss = (out - y).pow(2).mean()
+        reported[t] = sum(alloc.ranks(warn=False).values())
+        used[t], counted[t] = _used_triplets(alloc), alloc.nonzero_lambdas()
+        loss = (out - y).pow(2).mean() + orthogonal_penalty(model, 0.1)
         opt.zero_grad()
         loss.backward()
         alloc.step(t)
         opt.step()
+    return alloc, reported, used, counted
+
+
+def test_masks_held_between_steps_use_exactly_the_reported_budget():
+    # the default: the forward of every step computes with exactly the triplets the allocator
+    # reports as active (from step 2 on: at step 1 every λ is still at its zero start)
+    alloc, reported, used, counted = _train_counting(mask_between_steps=True)
+    assert alloc.mask_between_steps and [t for t, _ in alloc.history][:3] == [5, 10, 15]
+    assert min(reported.values()) == 4 and reported[16] == budget_schedule(15, 40, 12, 4, 5, 10)
+    assert all(used[t] == reported[t] == counted[t] for t in range(2, 41)), (used, reported)
+    for m in alloc.modules.values():   # the parameters were never written: pruned λ kept
+        assert not m.mask_pending
+        assert torch.all(m.lora_lambda != 0)
+
+
+def test_reference_mode_lets_pruned_lambda_grow_back():
+    # mask_between_steps=False (authors' code, PEFT): a pruned λ is zeroed once, after the optimizer
+    # step of the masking iteration, then trained again until the next masking step
+    alloc, reported, used, counted = _train_counting(mask_between_steps=False)
     b15 = budget_schedule(15, 40, 12, 4, 5, 10)
     assert b15 < 12
-    assert counted[16] == b15            # the forward right after the masking step at t = 15
-    assert counted[17] == 12             # one optimizer step later every λ is non-zero again
-    assert all(counted[t] == 4 for t in range(31, 41))   # final phase: masked at every step
+    assert used == counted
+    assert used[16] == reported[16] == b15     # the forward right after the masking step at t = 15
+    assert used[17] == 12 > reported[17]       # one optimizer step later every λ is non-zero again
+    regrown = [t for t in range(6, 30) if used[t] > reported[t]]
+    assert len(regrown) >= 10                  # between every two masking steps of the pruning
+    assert all(used[t] == reported[t] == 4 for t in range(31, 41))   # final phase: every step
 
 
-def test_mask_applied_after_optimizer_step():
+@pytest.mark.parametrize("mask_between_steps", [True, False])
+def test_pruned_lambda_zero_in_the_next_forward_written_only_by_the_allocator(mask_between_steps):
     model = _stack()
-    alloc = RankAllocator(model, target_budget=4, total_steps=10, t_init=0, t_final=2)
+    alloc = RankAllocator(model, target_budget=4, total_steps=10, t_init=0, t_final=2,
+                          mask_between_steps=mask_between_steps)
     _run(model, alloc, 3)
     layer = next(m for m in alloc.modules.values() if m.active_rank < 3)
     pruned = layer.rank_mask == 0
     with torch.no_grad():
         layer.lora_lambda.fill_(0.7)   # as if the optimizer had moved them
-    assert layer.mask_pending
-    model(torch.zeros(1, 8))             # next forward zeroes pruned λ first
-    assert torch.all(layer.lora_lambda[pruned] == 0)
-    assert torch.all(layer.lora_lambda[~pruned] == 0.7)
+    version = layer.lora_lambda._version
+    x = torch.randn(5, 8)
+    h = layer(x)                       # the next forward: pruned triplets count as zero
+    used = 0.7 * (~pruned)
+    ref = layer.base(x) + layer.scaling * (x @ layer.lora_Q.t() * used) @ layer.lora_P.t()
+    torch.testing.assert_close(h, ref)
+    assert layer.lora_lambda._version == version          # ... but nothing was written
+    assert torch.all(layer.lora_lambda == 0.7)
+    assert torch.all(layer.effective_lambda()[pruned] == 0)
+    assert layer.mask_pending == (not mask_between_steps)
+    alloc.step(4)                      # the allocator's next call writes the zero (reference mode)
+    assert torch.all(layer.lora_lambda[pruned] == (0.7 if mask_between_steps else 0.0))
     assert layer.lora_lambda.requires_grad   # pruned triplets stay trainable
+
+
+@pytest.mark.parametrize("mask_between_steps", [True, False])
+def test_forward_never_invalidates_a_pending_backward(mask_between_steps):
+    # a loss that saves λ (here ΔW = s·P·diag(λ)·Q, as a merge or a penalty on ΔW would), a
+    # masking step, another forward (an evaluation, the next micro-batch), then backward on both:
+    # a forward that zeroed λ in place broke this with "modified by an inplace operation"
+    model = _stack()
+    alloc = RankAllocator(model, target_budget=4, total_steps=10, t_init=0, t_final=2,
+                          mask_between_steps=mask_between_steps)
+    _run(model, alloc, 2)
+    layers = list(alloc.modules.values())
+    x = torch.randn(6, 8)
+    lambdas = [m.lora_lambda for m in layers]
+    loss1 = model(x).pow(2).mean() + sum(m.delta_weight().pow(2).sum() for m in layers)
+    g1 = torch.autograd.grad(loss1, lambdas, retain_graph=True)
+    kept_before = sum(alloc.ranks(warn=False).values())   # b(2) = 4 + ⌊8·(6/8)³⌋ = 7
+    alloc.mask_to_budget(5)
+    versions = [m.lora_lambda._version for m in layers]
+    with torch.no_grad():
+        model(x)                                  # an evaluation in between
+    loss2 = model(x).pow(2).mean()
+    assert [m.lora_lambda._version for m in layers] == versions
+    g2 = torch.autograd.grad(loss2, lambdas, retain_graph=True)
+    for m in layers:
+        m.lora_lambda.grad = None
+    (loss1 + loss2).backward()                    # the pending graph of loss1 is still valid
+    for m, a, b in zip(layers, g1, g2, strict=True):
+        torch.testing.assert_close(m.lora_lambda.grad, a + b)
+    # held masks: only the kept triplets get a gradient; the reference gives every λ the gradient
+    # it would have as a parameter holding 0
+    assert kept_before == 7
+    assert sum(int(a.count_nonzero()) for a in g1) == (7 if mask_between_steps else 12)
+    assert sum(int(b.count_nonzero()) for b in g2) == (5 if mask_between_steps else 12)
+
+
+def test_forward_twice_then_backward_on_both_outputs():
+    layer = _layer(alpha=3.0)
+    with torch.no_grad():
+        layer.lora_lambda.copy_(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    out1 = layer(x)
+    layer.rank_mask[1] = 0.0                 # the allocator prunes triplet 1
+    out2 = layer(x)
+    (out1.sum() + out2.sum()).backward()
+    g = layer.lora_lambda.grad.clone()
+    # by hand: ∂/∂λ_i Σ out = s·(Σ_rows P_{*i})·(Σ_n Q_{i*}·x_n), once per output that used λ_i
+    per = layer.scaling * layer.lora_P.detach().sum(0) * (x @ layer.lora_Q.detach().t()).sum(0)
+    torch.testing.assert_close(g, per * torch.tensor([2.0, 1.0, 2.0], dtype=torch.float64))
+    assert layer.lora_lambda[1].item() == -2.0     # the parameter itself is untouched
+
+
+@pytest.mark.parametrize("grad_enabled, deterministic", [(True, False), (False, True)])
+def test_allocator_changes_no_global_setting(grad_enabled, deterministic):
+    def settings():
+        return dict(grad=torch.is_grad_enabled(), inference=torch.is_inference_mode_enabled(),
+                    det=torch.are_deterministic_algorithms_enabled(),
+                    det_warn=torch.is_deterministic_algorithms_warn_only_enabled(),
+                    threads=torch.get_num_threads(), interop=torch.get_num_interop_threads(),
+                    dtype=torch.get_default_dtype(), anomaly=torch.is_anomaly_enabled(),
+                    matmul=torch.get_float32_matmul_precision(),
+                    torch_rng=torch.get_rng_state(), np_rng=np.random.get_state()[1].copy(),
+                    py_rng=random.getstate())
+
+    def same(a, b):
+        return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else
+                   np.array_equal(a[k], b[k]) if isinstance(a[k], np.ndarray) else a[k] == b[k]
+                   for k in a)
+
+    old_grad = torch.is_grad_enabled()
+    old_det = (torch.are_deterministic_algorithms_enabled(),
+               torch.is_deterministic_algorithms_warn_only_enabled())
+    model = _stack()
+    x = torch.randn(16, 8)
+    try:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        before = settings()
+        alloc = RankAllocator(model, target_budget=4, total_steps=12, t_init=2, t_final=3,
+                              delta_t=2)
+        assert same(settings(), before)
+        for t in range(1, 13):
+            with torch.enable_grad():
+                model(x).pow(2).mean().backward()
+            torch.set_grad_enabled(grad_enabled)
+            before = settings()
+            alloc.step(t)                              # every phase: warm-up, pruning, final
+            alloc.scores()
+            alloc.nonzero_lambdas()
+            alloc.ranks(warn=False)
+            assert same(settings(), before), t
+        alloc.mask_to_budget(6)
+        alloc.apply_masks()
+        alloc.remove_hooks()
+        assert same(settings(), before)
+    finally:
+        torch.set_grad_enabled(old_grad)
+        torch.use_deterministic_algorithms(old_det[0], warn_only=old_det[1])
 
 
 def test_keeps_the_top_scores():
@@ -350,11 +501,10 @@ def test_final_pattern_frozen():
         alloc.step(t)
         opt.step()
         check2(t)
-        for m in alloc.modules.values():   # the mask is re-applied before every forward
-            assert m.mask_pending
+        assert alloc.nonzero_lambdas() == 4      # the mask holds in every forward
     assert all(_run_cont)
     assert alloc.tracker.n_updates == n_updates
-    model(torch.zeros(1, 8))
+    alloc.apply_masks()
     for m in alloc.modules.values():
         assert torch.all(m.lora_lambda[m.rank_mask == 0] == 0)
 
@@ -454,3 +604,35 @@ def test_with_training_loop_hooks():
     assert sum(alloc.ranks().values()) == 16
     steps = [t for t, _ in alloc.history]
     assert steps[:-1] == list(range(2, 20, 2)) and steps[-1] == 20
+
+
+def test_vectorised_scores_equal_the_per_layer_formula():
+    # layers of several shapes, and five equal 128×128 ones with r = 64 (more than one run of
+    # equally shaped layers fits in one chunk): the allocator's scores, computed on the tracker's
+    # flat buffer group by group, are bit-identical to triplet_scores layer by layer
+    torch.manual_seed(0)
+    dims = [(8, 8, 3), (8, 8, 3), (8, 16, 4), (16, 8, 2)] + [(128, 128, 64)] * 5 + [(8, 8, 3)]
+    layers = [SVDLinear(nn.Linear(k, d), r, alpha=float(r)) for d, k, r in dims]
+    alloc = RankAllocator(layers, target_budget=20, total_steps=10, t_init=1, t_final=2)
+    gen = torch.Generator().manual_seed(1)
+    for t in range(1, 5):
+        for m in layers:
+            with torch.no_grad():
+                m.lora_lambda.normal_(generator=gen)
+            for p in (m.lora_P, m.lora_lambda, m.lora_Q):
+                p.grad = torch.randn(p.shape, generator=gen)
+        alloc.step(t)
+    names = tuple(alloc.tracker.i_bar)
+    assert len(names) == 3 * len(layers) and alloc.tracker.flat_scores(names) is not None
+    by_layer = {name: triplet_scores(alloc.tracker.score(f"{name}.lora_P"),
+                                     alloc.tracker.score(f"{name}.lora_lambda"),
+                                     alloc.tracker.score(f"{name}.lora_Q"))
+                for name in alloc.modules}
+    got = alloc.scores()
+    assert list(got) == list(by_layer)
+    assert all(torch.equal(got[n], by_layer[n]) for n in by_layer)
+    # the masks keep the top 20 of exactly these scores
+    flat = torch.cat([by_layer[n] for n in by_layer])
+    ranks = alloc.mask_to_budget(20)
+    keep = torch.cat([m.rank_mask for m in layers]).bool()
+    assert sum(ranks.values()) == 20 and float(flat[keep].min()) >= float(flat[~keep].max())

@@ -13,7 +13,6 @@ from lora_edu.adalora.allocator import RankAllocator, find_svd_modules, is_svd_a
 from lora_edu.adalora.budget import budget_from_average_rank, budget_schedule, validate_schedule
 from lora_edu.adalora.importance import (
     ImportanceTracker,
-    check_beta,
     ema_update,
     sensitivity,
     triplet_scores,
@@ -27,7 +26,7 @@ from lora_edu.adalora.svd_linear import (
 
 __all__ = [
     "SVDLinear", "apply_adalora", "orthogonal_regularizer", "orthogonal_penalty",
-    "ImportanceTracker", "sensitivity", "ema_update", "triplet_scores", "check_beta",
+    "ImportanceTracker", "sensitivity", "ema_update", "triplet_scores",
     "budget_schedule", "validate_schedule", "budget_from_average_rank",
     "RankAllocator", "find_svd_modules", "is_svd_adapter",
 ]

@@ -28,8 +28,21 @@ Usage with :func:`lora_edu.toy.train`, whose ``after_backward(step, model)`` run
           extra_loss=lambda m: orthogonal_penalty(m, 0.1))
 
 Importance is computed from the gradients of the current step (at Λ^{(t)}, before the optimizer
-step), the mask is decided then and applied to λ right after the optimizer step (at the start of
-the next forward), as in the paper's Algorithm 1.
+step) and the mask is decided then, as in the paper's Algorithm 1. What the masks do between two
+masking steps is the option ``mask_between_steps``:
+
+* ``True`` (default): every forward pass until the next allocation uses λ ⊙ mask, so the model
+  computes with exactly the b(t) triplets the allocator reports (:meth:`RankAllocator.ranks`).
+* ``False``: the reference behaviour of the authors' ``loralib`` and of PEFT — a pruned λ is zeroed
+  once, right after the optimizer step of the masking iteration, and then trained again, so
+  with ΔT > 1 it grows back and the forward passes between two masking steps use more triplets
+  than reported (all of them, one step after the masking step).
+
+:meth:`RankAllocator.nonzero_lambdas` counts the triplets the forward pass really uses, in the
+model. Neither mode writes into a parameter inside ``forward``; the allocator changes no global
+setting (grad mode, random generators, thread count, deterministic flags): only the masks, the
+λ it zeroes (reference mode, at its own calls or :meth:`RankAllocator.apply_masks`) and its own
+importance state.
 """
 
 from __future__ import annotations
@@ -37,15 +50,24 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from lora_edu.adalora.budget import budget_schedule, validate_schedule
-from lora_edu.adalora.importance import ImportanceTracker, triplet_scores
+from lora_edu.adalora.importance import CHUNK, ImportanceTracker, triplet_scores
+from lora_edu.checks import check_instance, check_int
 
 __all__ = ["RankAllocator", "find_svd_modules", "is_svd_adapter"]
 
 _ATTRS = ("lora_P", "lora_lambda", "lora_Q", "rank_mask")
+_FACTORS = ("lora_P", "lora_lambda", "lora_Q")
+
+
+def _factor(module: nn.Module, attr: str) -> Tensor:
+    # module.lora_P etc.; nn.Module.__getattr__ is slow, the allocator reads 3 per layer per step
+    params = module._parameters
+    return params[attr] if attr in params else getattr(module, attr)
 
 
 def is_svd_adapter(module: object) -> bool:
@@ -59,18 +81,16 @@ def find_svd_modules(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.Mo
     """The SVD adapters of ``model`` as an ordered ``{name: module}`` dict.
 
     ``model`` may be a network (searched with ``named_modules``), a mapping name → adapter, or a
-    sequence of adapters (named ``"0"``, ``"1"``, …). Raises ``ValueError`` if there is none and
-    ``TypeError`` if a mapping/sequence holds something else.
+    list or tuple of adapters (named ``"0"``, ``"1"``, …). Raises ``ValueError`` if there is none
+    and ``TypeError`` if ``model`` is none of these or a mapping/list holds something else.
     """
+    check_instance("model", model, (nn.Module, Mapping, list, tuple))
     if isinstance(model, nn.Module):
         found = {name: m for name, m in model.named_modules() if is_svd_adapter(m)}
     elif isinstance(model, Mapping):
         found = dict(model)
-    elif isinstance(model, Sequence) and not isinstance(model, str):
-        found = {str(i): m for i, m in enumerate(model)}
     else:
-        raise TypeError("model must be an nn.Module, a mapping or a sequence of SVD adapters, "
-                        f"got {type(model).__name__}")
+        found = {str(i): m for i, m in enumerate(model)}
     for name, m in found.items():
         if not is_svd_adapter(m):
             raise TypeError(f"model[{name!r}] is not an SVD adapter (needs {', '.join(_ATTRS)}), "
@@ -99,6 +119,15 @@ class RankAllocator:
         b(0); default: all triplets (Σ_m r_m over the adapted matrices m); must not exceed that.
     beta1, beta2:
         EMA factors of sensitivity and uncertainty, in [0, 1).
+    mask_between_steps:
+        ``True`` (default): pruned triplets stay at λ = 0 in every forward pass until the next
+        allocation (the forward multiplies λ by the mask; the parameter is not written), so the
+        model computes with exactly the reported budget. ``False``: the reference behaviour of
+        the authors' code and PEFT — a pruned λ is zeroed once after the optimizer step of the
+        masking iteration and then re-trained until the next masking step.
+
+    Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type,
+    ``ValueError`` for a wrong value, naming the argument; numpy scalars accepted).
 
     Attributes
     ----------
@@ -113,22 +142,40 @@ class RankAllocator:
     def __init__(self, model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.Module],
                  target_budget: int, total_steps: int, t_init: int, t_final: int,
                  delta_t: int = 1, init_budget: int | None = None, beta1: float = 0.85,
-                 beta2: float = 0.85) -> None:
+                 beta2: float = 0.85, mask_between_steps: bool = True) -> None:
         self.modules = find_svd_modules(model)
         self.n_triplets = sum(int(m.lora_lambda.numel()) for m in self.modules.values())
-        if init_budget is None:
-            init_budget = self.n_triplets
-        if isinstance(init_budget, int) and not isinstance(init_budget, bool) \
-                and init_budget > self.n_triplets:
-            raise ValueError(f"init_budget ({init_budget}) must be <= the number of triplets "
-                             f"in the model ({self.n_triplets})")
-        validate_schedule(total_steps, init_budget, target_budget, t_init, t_final)
-        if isinstance(delta_t, bool) or not isinstance(delta_t, int) or delta_t < 1:
-            raise ValueError(f"delta_t must be a positive int, got {delta_t!r}")
+        init_budget = (self.n_triplets if init_budget is None
+                       else check_int("init_budget", init_budget, 1, self.n_triplets))
+        total_steps, init_budget, target_budget, t_init, t_final = validate_schedule(
+            total_steps, init_budget, target_budget, t_init, t_final)
+        delta_t = check_int("delta_t", delta_t, 1)
+        check_instance("mask_between_steps", mask_between_steps, (bool, np.bool_))
         self.tracker = ImportanceTracker(beta1, beta2)
+        self._names = tuple(f"{name}.{attr}" for name in self.modules for attr in _FACTORS)
+        self._ranks = [int(m.lora_lambda.numel()) for m in self.modules.values()]
+        self._layer_of = torch.repeat_interleave(torch.arange(len(self._ranks)),
+                                                 torch.tensor(self._ranks))
+        # runs of consecutive layers with equal (d, r, k), at most CHUNK elements of P (or of Q)
+        # per run so that every operation stays on one thread (see importance.CHUNK):
+        # (offset in the flat buffer, n, d, r, k)
+        self._groups: list[tuple[int, int, int, int, int]] = []
+        offset = 0
+        for m in self.modules.values():
+            (d, r), k = m.lora_P.shape, m.lora_Q.shape[1]
+            last = self._groups[-1] if self._groups else None
+            if last is not None and last[2:] == (d, r, k) \
+                    and (last[1] + 1) * max(d, k) * r <= CHUNK:
+                self._groups[-1] = (last[0], last[1] + 1, d, r, k)
+            else:
+                self._groups.append((offset, 1, d, r, k))
+            offset += d * r + r + r * k
         self.init_budget, self.target_budget = init_budget, target_budget
         self.total_steps, self.t_init, self.t_final = total_steps, t_init, t_final
         self.delta_t = delta_t
+        self.mask_between_steps = bool(mask_between_steps)
+        for m in self.modules.values():
+            m.mask_between_steps = self.mask_between_steps
         self.history: list[tuple[int, int]] = []
         self.frozen = False
         self.steps_taken = 0
@@ -163,17 +210,46 @@ class RankAllocator:
         return budget_schedule(step, self.total_steps, self.init_budget, self.target_budget,
                                self.t_init, self.t_final)
 
+    def nonzero_lambdas(self) -> int:
+        """How many triplets the forward pass uses now: the non-zero entries of every layer's
+        :meth:`~lora_edu.adalora.SVDLinear.effective_lambda`, counted in the model (not in the
+        masks). With ``mask_between_steps=True`` it never exceeds ``sum(ranks().values())``."""
+        with torch.no_grad():
+            return sum(int(m.effective_lambda().count_nonzero()) for m in self.modules.values())
+
     @torch.no_grad()
     def update_importance(self) -> None:
-        """Fold the current gradients of every P, λ, Q into the EMAs (call after backward)."""
-        self.tracker.update_many((f"{name}.{attr}", p, p.grad)
-                                 for name, m in self.modules.items()
-                                 for attr in ("lora_P", "lora_lambda", "lora_Q")
-                                 for p in (getattr(m, attr),))
+        """Fold the current gradients of every P, λ, Q into the EMAs (call after backward).
+
+        All of them form one group of the tracker (one flat buffer), so a step costs a few
+        whole-buffer operations however many matrices are adapted."""
+        tensors = [_factor(m, attr) for m in self.modules.values() for attr in _FACTORS]
+        self.tracker._update(self._names, tensors, [t.grad for t in tensors])
+
+    def _flat_scores(self) -> Tensor | None:
+        """Triplet scores of all layers as one tensor (layer order), computed on the tracker's
+        flat buffers a few equally shaped layers at a time; ``None`` when the tracker does not
+        hold these tensors as one flat group (e.g. entries set by hand)."""
+        s = self.tracker.flat_scores(self._names)     # S = Ī·Ū of every element
+        if s is None:
+            return None
+        parts = []
+        # S_{m,i} = S(λ_{m,i}) + mean_j S(P_{m,ji}) + mean_j S(Q_{m,ij}), for n layers at once:
+        # strided views (n, d, r), (n, r), (n, r, k) of their elements [P_m, λ_m, Q_m]
+        for offset, n, d, r, k in self._groups:
+            seg = d * r + r + r * k
+            p = s.as_strided((n, d, r), (seg, r, 1), offset)
+            lam = s.as_strided((n, r), (seg, 1), offset + d * r)
+            q = s.as_strided((n, r, k), (seg, k, 1), offset + d * r + r)
+            parts.append((lam + p.mean(dim=1) + q.mean(dim=2)).reshape(-1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def scores(self) -> dict[str, Tensor]:
         """Triplet scores S_{m,i} of every layer, ``{name: tensor (r_m,)}`` (zeros before any
         update)."""
+        flat = self._flat_scores()
+        if flat is not None:
+            return dict(zip(self.modules, flat.split(self._ranks), strict=True))
         out = {}
         for name, m in self.modules.items():
             key = f"{name}.lora_lambda"
@@ -190,27 +266,30 @@ class RankAllocator:
         """Keep exactly the ``budget`` best triplets over all layers; mask the others.
 
         Ties are broken by position (earlier layer, then lower index, first). The masks are set
-        now; λ of the pruned triplets is zeroed at the adapter's next forward (after the optimizer
-        step) or by :meth:`apply_masks`. Returns the active rank per layer.
+        now and act from the next forward pass on: with ``mask_between_steps=True`` in every
+        forward until the next allocation; with ``False`` λ of the pruned triplets counts as zero
+        in the next forward and is written as zero at the allocator's next :meth:`step` (or by
+        :meth:`apply_masks`), then trained again. Returns the active rank per layer.
         """
-        if isinstance(budget, bool) or not isinstance(budget, int) \
-                or not 0 <= budget <= self.n_triplets:
-            raise ValueError(f"budget must be an int in [0, {self.n_triplets}], got {budget!r}")
-        scores = self.scores()
-        flat = torch.cat([scores[n].reshape(-1).float() for n in self.modules])
-        order = torch.sort(flat, descending=True, stable=True).indices
+        budget = check_int("budget", budget, 0, self.n_triplets)
+        flat = self._flat_scores()
+        if flat is None:
+            scores = self.scores()
+            flat = torch.cat([scores[n].reshape(-1) for n in self.modules])
+        order = torch.sort(flat.float(), descending=True, stable=True).indices
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[order[:budget]] = True
-        start = 0
-        for m in self.modules.values():
-            r = m.lora_lambda.numel()
-            m.rank_mask.copy_(keep[start:start + r].to(m.rank_mask.dtype))
-            m.mask_pending = True
-            start += r
-        return self.ranks(warn=False)
+        pending = not self.mask_between_steps
+        for m, kept in zip(self.modules.values(), keep.split(self._ranks), strict=True):
+            m.rank_mask.copy_(kept)
+            if m.mask_pending != pending:      # (nn.Module.__setattr__ is slow: set on change)
+                m.mask_pending = pending
+        counts = torch.bincount(self._layer_of[keep], minlength=len(self._ranks)).tolist()
+        return dict(zip(self.modules, counts, strict=True))
 
     def apply_masks(self) -> None:
-        """Zero λ of every pruned triplet now (e.g. after training, before inspecting λ)."""
+        """Write λ = 0 into the parameter of every pruned triplet now (e.g. after training,
+        before inspecting or saving λ)."""
         for m in self.modules.values():
             m.apply_mask()
 
@@ -218,14 +297,17 @@ class RankAllocator:
     def step(self, step: int) -> int:
         """One allocator step at training step ``step`` (1 … T); returns b(step).
 
-        Before T − t_final: update the importance EMAs from the current gradients and, every
-        ``delta_t`` steps, keep the b(step) best triplets. At T − t_final (or the first call past
-        it): fix the final pattern with b(T) triplets. After: re-apply that pattern.
+        Call it between ``backward`` and the optimizer step. With ``mask_between_steps=False`` it
+        first writes the zeros that the previous step decided (the forward pass of this step
+        already used them). Before T − t_final: update the importance EMAs from the current
+        gradients and, every ``delta_t`` steps, keep the b(step) best triplets. At T − t_final
+        (or the first call past it): fix the final pattern with b(T) triplets. After: re-apply
+        that pattern.
         """
-        if isinstance(step, bool) or not isinstance(step, int):
-            raise TypeError(f"step must be an int, got {type(step).__name__}")
-        if not 1 <= step <= self.total_steps:
-            raise ValueError(f"step must be in [1, total_steps={self.total_steps}], got {step}")
+        step = check_int("step", step, 1, self.total_steps)
+        for m in self.modules.values():
+            if m.mask_pending:
+                m.apply_mask()
         self.steps_taken += 1
         self.last_step = step
         final_start = self.total_steps - self.t_final
@@ -239,7 +321,7 @@ class RankAllocator:
             self.mask_to_budget(self.target_budget)
             self.history.append((step, self.target_budget))
             self.frozen = True
-        else:
+        elif not self.mask_between_steps:
             for m in self.modules.values():
                 m.mask_pending = True
         return budget
@@ -251,6 +333,7 @@ class RankAllocator:
     # -- results --------------------------------------------------------------------------------
     def ranks(self, warn: bool = True) -> dict[str, int]:
         """Active rank of every layer, ``{name: int}`` (warns if the allocator never stepped)."""
+        check_instance("warn", warn, (bool, np.bool_))
         if warn:
             self._warn_if_never_stepped()
         return {name: m.active_rank for name, m in self.modules.items()}
@@ -258,6 +341,7 @@ class RankAllocator:
     def rank_pattern(self, warn: bool = True) -> dict[str, list[bool]]:
         """Which triplets of every layer are active, ``{name: [bool] * r}`` (warns if the
         allocator never stepped)."""
+        check_instance("warn", warn, (bool, np.bool_))
         if warn:
             self._warn_if_never_stepped()
         return {name: [bool(v) for v in m.rank_mask] for name, m in self.modules.items()}

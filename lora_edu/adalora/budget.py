@@ -28,24 +28,26 @@ __all__ = ["budget_schedule", "validate_schedule", "budget_from_average_rank"]
 
 
 def validate_schedule(total_steps: int, init_budget: int, target_budget: int, t_init: int,
-                      t_final: int) -> None:
+                      t_final: int) -> tuple[int, int, int, int, int]:
     """Raise ``ValueError``/``TypeError`` naming the argument if the schedule is invalid.
 
     Requirements: ``total_steps >= 1``; ``1 <= target_budget <= init_budget``;
     ``t_init, t_final >= 0`` and ``t_init + t_final < total_steps`` (otherwise the cubic phase
-    has no length and its denominator T − t_i − t_f is not positive).
+    has no length and its denominator T − t_i − t_f is not positive). numpy integers are accepted;
+    returns the five values as Python ints, in the order of the arguments.
     """
-    check_int("total_steps", total_steps, 1)
-    check_int("init_budget", init_budget, 1)
-    check_int("target_budget", target_budget, 1)
-    check_int("t_init", t_init, 0)
-    check_int("t_final", t_final, 0)
+    total_steps = check_int("total_steps", total_steps, 1)
+    init_budget = check_int("init_budget", init_budget, 1)
+    target_budget = check_int("target_budget", target_budget, 1)
+    t_init = check_int("t_init", t_init, 0)
+    t_final = check_int("t_final", t_final, 0)
     if target_budget > init_budget:
         raise ValueError(f"target_budget ({target_budget}) must be <= init_budget "
                          f"({init_budget}): the schedule only removes triplets")
     if t_init + t_final >= total_steps:
         raise ValueError(f"t_init + t_final ({t_init} + {t_final}) must be < total_steps "
                          f"({total_steps}); t_final is a duration, not a step index")
+    return total_steps, init_budget, target_budget, t_init, t_final
 
 
 def budget_schedule(step: int, total_steps: int, init_budget: int, target_budget: int,
@@ -73,10 +75,9 @@ def budget_schedule(step: int, total_steps: int, init_budget: int, target_budget
     ValueError
         Invalid schedule (see :func:`validate_schedule`) or ``step`` outside ``[0, T]``.
     """
-    validate_schedule(total_steps, init_budget, target_budget, t_init, t_final)
-    check_int("step", step, 0)
-    if step > total_steps:
-        raise ValueError(f"step must be <= total_steps ({total_steps}), got {step}")
+    total_steps, init_budget, target_budget, t_init, t_final = validate_schedule(
+        total_steps, init_budget, target_budget, t_init, t_final)
+    step = check_int("step", step, 0, total_steps)
     if step <= t_init:
         return init_budget
     decay_len = total_steps - t_init - t_final
@@ -93,6 +94,4 @@ def budget_from_average_rank(average_rank: int, n_matrices: int) -> int:
     ``budget = average_rank × n_matrices``; e.g. ``target_r = 8`` over 12 layers × 6 matrices is a
     budget of 576 triplets, which the allocator may spread unevenly.
     """
-    check_int("average_rank", average_rank, 1)
-    check_int("n_matrices", n_matrices, 1)
-    return average_rank * n_matrices
+    return check_int("average_rank", average_rank, 1) * check_int("n_matrices", n_matrices, 1)

@@ -20,12 +20,18 @@ Conventions of this implementation:
 * The scaling is s = α/r with r the **initial** rank, fixed for the whole run (the AdaLoRA paper's
   α/r; the authors' code and PEFT divide by a ``ranknum`` equal to the initial rank that is never
   updated). Pruning therefore never rescales the triplets that survive.
+* Pruning never writes into a parameter from inside :meth:`SVDLinear.forward`. The forward pass
+  uses :meth:`SVDLinear.effective_lambda`: with ``mask_between_steps=True`` (the default) that is
+  λ ⊙ ``rank_mask`` at every call, so a pruned triplet stays switched off until the allocator
+  decides again; with ``False`` (the reference behaviour of the authors' code and PEFT) a pruned λ
+  is zeroed once, right after the optimizer step of the masking iteration, and then trained again
+  (see :class:`SVDLinear`).
 * The regulariser is R(P, Q) = ‖PᵀP − I‖_F² + ‖QQᵀ − I‖_F², summed over layers and weighted by γ
   (paper: 0.1). PEFT instead adds the *unsquared* norms averaged over its tensors; the two differ by
   a constant factor and a square root, so their γ values are not interchangeable.
 
-The scoring (:mod:`lora_edu.adalora`), the schedule (:mod:`lora_edu.adalora`)
-and the allocator (:mod:`lora_edu.adalora`) are re-exported here.
+Arguments are checked with :mod:`lora_edu.checks`: a wrong type raises ``TypeError``, a wrong
+value ``ValueError``, both naming the argument; numpy scalars are accepted.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from lora_edu.adalora.allocator import find_svd_modules
-from lora_edu.inject import inject_adapters
+from lora_edu.checks import check_float, check_instance, check_int, check_tensor
+from lora_edu.inject import inject_adapters, normalize_targets
 
 __all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora"]
 
@@ -67,33 +74,41 @@ class SVDLinear(nn.Module):
     lora_Q : nn.Parameter, shape (r, k)
         Right factor (PEFT: ``lora_A``).
     rank_mask : buffer, shape (r,)
-        1.0 for active triplets, 0.0 for pruned ones; set by the allocator. When the allocator
-        prunes, λ of the pruned triplets is set to zero at the start of the next forward, i.e.
-        *after* the optimizer step of that iteration (AdaLoRA's Algorithm 1). The pruned λ stay
-        trainable, so a triplet pruned by mistake can come back at a later masking step.
+        1.0 for active triplets, 0.0 for pruned ones; set by the allocator.
+    mask_between_steps : bool
+        How the forward pass treats a pruned triplet (set by the allocator; default ``True``):
+
+        * ``True``: λ ⊙ ``rank_mask`` in every forward pass, until the allocator decides again.
+          The model computes with exactly the triplets the allocator reports as active; a pruned
+          λ gets no gradient from the task loss and keeps its stored value, which comes back if
+          a later allocation revives the triplet.
+        * ``False`` (the AdaLoRA authors' code and PEFT): a pruned λ is set to zero once, right
+          after the optimizer step of the masking iteration (Algorithm 1), and then trained
+          again, so between two masking steps it grows back and the forward pass uses more
+          triplets than the allocator reports. The allocator is called *before* the optimizer
+          step, so the zero cannot be written then: while ``mask_pending`` is set, the forward
+          pass uses λ_i = 0 for the pruned triplets (value 0, gradient as for a parameter
+          holding 0) and the allocator writes the zero into the parameter at its next call
+          (or :meth:`apply_mask` does). The result is the reference computation, step for step.
+    mask_pending : bool
+        A zeroing decided by the allocator that is not yet written into λ (only with
+        ``mask_between_steps=False``).
+
+    The forward pass never writes into a parameter or buffer, so a pending backward pass is never
+    invalidated by a later forward (e.g. an evaluation between ``forward`` and ``backward``).
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, init_std: float = 0.02,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        check_instance("base", base, nn.Linear)
         d, k = base.out_features, base.in_features
-        if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"r must be an int, got {type(r).__name__}")
-        if r <= 0:
-            raise ValueError(f"r must be a positive int, got {r}")
-        if r > min(d, k):
-            raise ValueError(f"r must be <= min(d, k) = {min(d, k)} (P and Q cannot be "
-                             f"orthogonal otherwise), got {r}")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) \
-                or not init_std > 0:
-            raise ValueError(f"init_std must be a positive number, got {init_std!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got "
-                            f"{type(generator).__name__}")
+        # r <= min(d, k): P (d×r) and Q (r×k) cannot be orthogonal otherwise
+        r = check_int("r", r, 1, min(d, k))
+        alpha = check_float("alpha", alpha, 0.0, min_inclusive=False)
+        init_std = check_float("init_std", init_std, 0.0, min_inclusive=False)
+        if generator is not None:
+            check_instance("generator", generator, torch.Generator)
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
@@ -111,6 +126,7 @@ class SVDLinear(nn.Module):
         self.lora_lambda = nn.Parameter(torch.zeros(r, dtype=w.dtype, device=w.device))
         self.lora_Q = nn.Parameter(gaussian(r, k))
         self.register_buffer("rank_mask", torch.ones(r, dtype=w.dtype, device=w.device))
+        self.mask_between_steps = True
         self.mask_pending = False
 
     @property
@@ -128,24 +144,43 @@ class SVDLinear(nn.Module):
 
     @torch.no_grad()
     def apply_mask(self) -> None:
-        """Set λ_i = 0 for every pruned triplet now (the allocator normally defers this)."""
+        """Write λ_i = 0 into the parameter for every pruned triplet now (an explicit call, never
+        made by :meth:`forward`; the allocator makes it at its next step)."""
         self.lora_lambda.mul_(self.rank_mask)
         self.mask_pending = False
 
+    def effective_lambda(self) -> Tensor:
+        """λ as the forward pass uses it now, shape (r,), differentiable w.r.t. ``lora_lambda``.
+
+        ``λ ⊙ rank_mask`` with ``mask_between_steps=True``; with ``False``, λ with the pruned
+        entries at 0 while a zeroing is pending (:attr:`mask_pending`, gradient passed through
+        as for a parameter that holds 0) and λ as stored otherwise. Count its non-zero entries to
+        know how many triplets the layer really computes with.
+        """
+        lam = self.lora_lambda
+        # rank_mask.bool() is a fresh tensor: autograd never saves the buffer itself, so the
+        # allocator may change the mask while a backward pass is still pending
+        if self.mask_between_steps:
+            return torch.where(self.rank_mask.bool(), lam, 0.0)
+        if self.mask_pending:
+            # value exactly 0 for pruned entries, d/dλ = 1 (what λ = 0 in the parameter gives)
+            return torch.where(self.rank_mask.bool(), lam, lam - lam.detach())
+        return lam
+
     def delta_weight(self) -> Tensor:
-        """s·ΔW = s·P·diag(λ)·Q, shape (d, k), what merging adds (λ as stored; pruned entries are
-        zero once masked)."""
-        return self.scaling * (self.lora_P * self.lora_lambda) @ self.lora_Q
+        """s·ΔW = s·P·diag(λ)·Q, shape (d, k), what merging adds (with :meth:`effective_lambda`,
+        so pruned triplets contribute nothing)."""
+        return self.scaling * (self.lora_P * self.effective_lambda()) @ self.lora_Q
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.mask_pending:
-            self.apply_mask()
         # two skinny products, never materialising ΔW: Q·X (r × n, rows of x as columns X) is
         # scaled row-wise by s·λ, then P·(…) is accumulated into W0·x + b by one in-place GEMM
         # (the layout of lora_edu.lora.LoRALinear: ≈ 1.5× faster than x·Qᵀ on small layers;
-        # the base output is not saved by autograd, so updating it in place is safe)
+        # the base output is not saved by autograd, so updating it in place is safe). Nothing
+        # here writes into a parameter or buffer.
+        lam = self.effective_lambda()
         cols = x.reshape(-1, self.in_features).t()
-        down = torch.mm(self.lora_Q, cols) * (self.scaling * self.lora_lambda).unsqueeze(1)
+        down = torch.mm(self.lora_Q, cols) * (self.scaling * lam).unsqueeze(1)
         out = self.base(x)
         out.view(-1, self.out_features).addmm_(down.t(), self.lora_P.t())
         return out
@@ -161,11 +196,8 @@ def orthogonal_regularizer(P: Tensor, Q: Tensor) -> Tensor:
     Zero exactly when P (d×r) has orthonormal columns and Q (r×k) orthonormal rows; differentiable,
     so γ·R is simply added to the loss.
     """
-    for name, t in (("P", P), ("Q", Q)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.dim() != 2:
-            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    check_tensor("P", P, 2, floating=True)
+    check_tensor("Q", Q, 2, floating=True)
     r = P.shape[1]
     if Q.shape[0] != r:
         raise ValueError(f"Q must have {r} rows (P has {r} columns), got shape {tuple(Q.shape)}")
@@ -179,8 +211,7 @@ def orthogonal_penalty(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.
 
     Use as the training loop's ``extra_loss``: ``extra_loss=lambda m: orthogonal_penalty(m, 0.1)``.
     """
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}")
+    gamma = check_float("gamma", gamma, 0.0)
     modules = find_svd_modules(model)
     total: Tensor | None = None
     for m in modules.values():
@@ -199,16 +230,24 @@ def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
     sorted-name order), else from torch's global generator.
 
     Everything the model held before is frozen (via :func:`lora_edu.inject.inject_adapters`);
-    only P, λ, Q are trainable. Returns the model. Raises ``ValueError`` if nothing matches,
-    and leaves the model unchanged on any error (``inject_adapters`` builds every replacement
+    only P, λ, Q are trainable. Returns the model. ``target_modules`` is a name or an iterable of
+    names (``TypeError`` otherwise); ``r``, ``alpha``, ``init_std`` and ``seed`` are checked before
+    anything is touched. Raises ``ValueError`` if nothing matches, and leaves the model unchanged
+    on any error (``inject_adapters`` builds every replacement
     before installing the first, so a bad ``r``/``alpha`` raises with the model untouched).
     """
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if isinstance(target_modules, str):
-        targets: str | list[str] = target_modules
-    else:
-        targets = list(target_modules)
+    check_instance("model", model, nn.Module)
+    if not isinstance(target_modules, str):
+        # any iterable of names (a list, tuple, generator); 42 is a TypeError naming the argument
+        check_instance("target_modules", target_modules, (str, Iterable))
+        target_modules = tuple(target_modules)
+    targets = normalize_targets(target_modules)
+    r = check_int("r", r, 1)
+    alpha = check_float("alpha", alpha, 0.0, min_inclusive=False)
+    init_std = check_float("init_std", init_std, 0.0, min_inclusive=False)
+    if seed is not None:
+        seed = check_int("seed", seed, 0, 2**64 - 1)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    inject_adapters(model, targets, lambda lin: SVDLinear(lin, r, alpha, init_std, generator))
+    inject_adapters(model, list(targets),
+                    lambda lin: SVDLinear(lin, r, alpha, init_std, generator))
     return model
