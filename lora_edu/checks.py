@@ -10,13 +10,13 @@ tensor unchanged), so a caller can write ``r = check_int("r", r, minimum=1)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from numbers import Integral, Real
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_float", "check_probability", "check_power_of_two",
+__all__ = ["check_callable", "check_int", "check_float", "check_probability", "check_power_of_two",
            "check_tensor", "check_one_of", "check_instance", "check_sorted_descending"]
 
 
@@ -110,7 +110,15 @@ def check_instance(name: str, value: object, types: type | tuple[type, ...]) -> 
     if not isinstance(value, types):
         want = (" or ".join(t.__name__ for t in types) if isinstance(types, tuple)
                 else types.__name__)
-        raise TypeError(f"{name} must be a {want}, got {_describe(value)}")
+        article = "an" if want[:1].lower() in "aeiou" else "a"
+        raise TypeError(f"{name} must be {article} {want}, got {_describe(value)}")
+    return value
+
+
+def check_callable(name: str, value: object) -> Callable:
+    """``value`` if it can be called (a function, a module, a class), else ``TypeError``."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {_describe(value)}")
     return value
 
 

@@ -17,16 +17,36 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from lora_edu.checks import check_instance
+from lora_edu.checks import check_callable, check_instance
 
-__all__ = ["inject_adapters", "count_parameters", "find_linear_targets", "normalize_targets"]
+__all__ = ["FrozenLinearWrapper", "inject_adapters", "count_parameters", "find_linear_targets",
+           "normalize_targets"]
 
 
-def _callable(name: str, value: object) -> Callable:
-    # (no shared check for callables in lora_edu.checks)
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    return value
+class FrozenLinearWrapper(nn.Module):
+    """Base of the adapter layers (LoRA, AdaLoRA): a module that keeps a frozen ``nn.Linear``.
+
+    ``self.base`` holds the pretrained layer W0 (d×k) with ``requires_grad=False`` on its
+    parameters (source §2.1: W0 stays frozen, only the bypass trains); ``in_features`` (k) and
+    ``out_features`` (d) are the base layer's, so a wrapper can stand wherever the layer stood.
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        check_instance("base", base, nn.Linear)
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def in_features(self) -> int:
+        """k, the input width of the wrapped layer."""
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        """d, the output width of the wrapped layer."""
+        return self.base.out_features
 
 
 def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:
@@ -105,7 +125,7 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
         all replacements are built before the first one is installed.
     """
     check_instance("model", model, nn.Module)
-    _callable("factory", factory)
+    check_callable("factory", factory)
     names = find_linear_targets(model, target_modules)
     if not names:
         linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]

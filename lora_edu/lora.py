@@ -46,7 +46,7 @@ from lora_edu.checks import (
     check_one_of,
     check_probability,
 )
-from lora_edu.inject import find_linear_targets, inject_adapters
+from lora_edu.inject import FrozenLinearWrapper, find_linear_targets, inject_adapters
 
 __all__ = [
     "LoRALinear",
@@ -110,7 +110,7 @@ def _sync_merged_flag(module: nn.Module, incompatible_keys: object) -> None:
     module._merged = bool(module.lora_merged)
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(FrozenLinearWrapper):
     """``base`` (frozen) plus the bypass s·B·A: h = W0·x + b + s·B·(A·dropout(x)).
 
     Parameters
@@ -158,10 +158,7 @@ class LoRALinear(nn.Module):
         _check_rank_fits(r, base)
         if generator is not None:
             check_instance("generator", generator, torch.Generator)
-        super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad_(False)
+        super().__init__(base)
         d, k = base.out_features, base.in_features
         self.r = r
         self.alpha = alpha
@@ -186,14 +183,6 @@ class LoRALinear(nn.Module):
                 # kaiming_uniform_(a=√5): gain √(2/(1+5)) = √(1/3), bound gain·√(3/k) = 1/√k
                 bound = 1.0 / math.sqrt(k)
                 self.lora_A.uniform_(-bound, bound, generator=generator)
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def merged(self) -> bool:

@@ -25,7 +25,7 @@ from types import MappingProxyType
 import torch
 from torch import Tensor, nn
 
-from lora_edu.checks import check_float, check_instance, check_int
+from lora_edu.checks import check_callable, check_float, check_instance, check_int
 
 __all__ = [
     "TransformerShape",
@@ -88,13 +88,6 @@ PAPER: Mapping[str, object] = MappingProxyType({
     "document_memory_saving": 2 / 3,
     "document_speedup": 0.25,
 })
-
-
-def _callable(name: str, value: object) -> Callable:
-    # (no shared check for callables in lora_edu.checks)
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    return value
 
 
 def _number(name: str, value: object, minimum: float = 0.0, inclusive: bool = True) -> float:
@@ -276,7 +269,7 @@ def measure_activation_bytes(model: nn.Module, loss_fn: Callable[[nn.Module], Te
     return, so no global autograd setting outlives the call.
     """
     check_instance("model", model, nn.Module)
-    _callable("loss_fn", loss_fn)
+    check_callable("loss_fn", loss_fn)
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
 

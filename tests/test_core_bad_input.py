@@ -357,3 +357,29 @@ def test_every_exported_callable_is_documented():
                     func = value.fget if isinstance(value, property) else value
                     if not attr.startswith("_") and callable(func):
                         assert (func.__doc__ or "").strip(), f"{name}.{export}.{attr}"
+
+
+def test_frozen_linear_wrapper_freezes_base_and_keeps_its_widths():
+    from lora_edu.adalora import SVDLinear
+    from lora_edu.inject import FrozenLinearWrapper
+    from lora_edu.lora import LoRALinear
+    for make in (lambda b: LoRALinear(b, r=2, alpha=4), lambda b: SVDLinear(b, r=2)):
+        base = nn.Linear(7, 5)
+        layer = make(base)
+        assert isinstance(layer, FrozenLinearWrapper)
+        assert (layer.in_features, layer.out_features) == (7, 5)
+        assert not any(p.requires_grad for p in base.parameters())
+        assert all(p.requires_grad for n, p in layer.named_parameters()
+                   if not n.startswith("base."))
+    with pytest.raises(TypeError, match="base must be a Linear, got Conv1d"):
+        FrozenLinearWrapper(nn.Conv1d(1, 1, 1))
+
+
+def test_type_messages_use_the_right_article():
+    from lora_edu.checks import check_callable, check_instance
+    with pytest.raises(TypeError, match="opt must be an Optimizer"):
+        check_instance("opt", 3, torch.optim.Optimizer)
+    with pytest.raises(TypeError, match="base must be a Linear"):
+        check_instance("base", 3, nn.Linear)
+    with pytest.raises(TypeError, match="fn must be callable, got int"):
+        check_callable("fn", 3)

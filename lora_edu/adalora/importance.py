@@ -69,6 +69,18 @@ def ema_update(i_bar: Tensor, u_bar: Tensor, sens: Tensor, beta1: float = 0.85,
     return new_i, new_u
 
 
+def _ema_step(i_bars: list[Tensor], u_bars: list[Tensor], sens: list[Tensor], beta1: float,
+              beta2: float) -> None:
+    """:func:`ema_update` in place on lists of tensors; ``sens`` is overwritten (|I − Ī_t|)."""
+    # Ī ← β1·Ī + (1−β1)·I ;  Ū ← β2·Ū + (1−β2)·|I − Ī|  (with the updated Ī)
+    torch._foreach_mul_(i_bars, beta1)
+    torch._foreach_add_(i_bars, sens, alpha=1.0 - beta1)
+    torch._foreach_sub_(sens, i_bars)
+    torch._foreach_abs_(sens)
+    torch._foreach_mul_(u_bars, beta2)
+    torch._foreach_add_(u_bars, sens, alpha=1.0 - beta2)
+
+
 class ImportanceTracker:
     """The EMAs Ī and Ū of every tracked tensor, updated in place (one concept: S = Ī·Ū).
 
@@ -216,13 +228,7 @@ class ImportanceTracker:
                 torch.mul(w, g, out=out)         # (no graph: the callers run under no_grad)
         ci, cu, cs = self._chunks
         torch._foreach_abs_(cs)
-        # Ī ← β1·Ī + (1−β1)·I ;  Ū ← β2·Ū + (1−β2)·|I − Ī|  (with the updated Ī)
-        torch._foreach_mul_(ci, self.beta1)
-        torch._foreach_add_(ci, cs, alpha=1.0 - self.beta1)
-        torch._foreach_sub_(cs, ci)
-        torch._foreach_abs_(cs)
-        torch._foreach_mul_(cu, self.beta2)
-        torch._foreach_add_(cu, cs, alpha=1.0 - self.beta2)
+        _ema_step(ci, cu, cs, self.beta1, self.beta2)
 
     def _update_each(self, names: tuple[str, ...], weights: list[Tensor],
                      grads: list[Tensor | None]) -> None:
@@ -238,15 +244,8 @@ class ImportanceTracker:
                 self.u_bar[name] = torch.zeros_like(s)
                 self.n_updates[name] = 0
             sens.append(s)
-        i_bars = [self.i_bar[n] for n in names]
-        u_bars = [self.u_bar[n] for n in names]
-        # Ī ← β1·Ī + (1−β1)·I ;  Ū ← β2·Ū + (1−β2)·|I − Ī|  (with the updated Ī)
-        torch._foreach_mul_(i_bars, self.beta1)
-        torch._foreach_add_(i_bars, sens, alpha=1.0 - self.beta1)
-        torch._foreach_sub_(sens, i_bars)
-        torch._foreach_abs_(sens)
-        torch._foreach_mul_(u_bars, self.beta2)
-        torch._foreach_add_(u_bars, sens, alpha=1.0 - self.beta2)
+        _ema_step([self.i_bar[n] for n in names], [self.u_bar[n] for n in names], sens,
+                  self.beta1, self.beta2)
 
     def score(self, name: str) -> Tensor:
         """Element-wise importance S = Ī·Ū of tensor ``name`` (a new tensor)."""

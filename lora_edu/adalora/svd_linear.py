@@ -43,12 +43,12 @@ from torch import Tensor, nn
 
 from lora_edu.adalora.allocator import find_svd_modules
 from lora_edu.checks import check_float, check_instance, check_int, check_tensor
-from lora_edu.inject import inject_adapters, normalize_targets
+from lora_edu.inject import FrozenLinearWrapper, inject_adapters, normalize_targets
 
 __all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora"]
 
 
-class SVDLinear(nn.Module):
+class SVDLinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus the SVD-form bypass: h = W0·x + b + s·P·diag(λ)·Q·x.
 
     Parameters
@@ -100,7 +100,6 @@ class SVDLinear(nn.Module):
 
     def __init__(self, base: nn.Linear, r: int, alpha: float = 1.0, init_std: float = 0.02,
                  generator: torch.Generator | None = None) -> None:
-        super().__init__()
         check_instance("base", base, nn.Linear)
         d, k = base.out_features, base.in_features
         # r <= min(d, k): P (d×r) and Q (r×k) cannot be orthogonal otherwise
@@ -109,9 +108,7 @@ class SVDLinear(nn.Module):
         init_std = check_float("init_std", init_std, 0.0, min_inclusive=False)
         if generator is not None:
             check_instance("generator", generator, torch.Generator)
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
+        super().__init__(base)
         self.r = r
         self.alpha = float(alpha)
         self.scaling = self.alpha / r
@@ -128,14 +125,6 @@ class SVDLinear(nn.Module):
         self.register_buffer("rank_mask", torch.ones(r, dtype=w.dtype, device=w.device))
         self.mask_between_steps = True
         self.mask_pending = False
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     @property
     def active_rank(self) -> int:

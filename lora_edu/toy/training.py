@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lora_edu.checks import check_float, check_instance, check_int, check_one_of
+from lora_edu.checks import (
+    check_callable,
+    check_float,
+    check_instance,
+    check_int,
+    check_one_of,
+)
 from lora_edu.toy.data import Task, pretrain_task, vocab_size_for
 from lora_edu.toy.model import TinyTransformer, ToyConfig
 
@@ -39,13 +45,6 @@ __all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_p
            "batch_order", "SeedStats", "run_seeds", "compare_seeds"]
 
 _MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
-
-
-def _callable(name: str, value: object) -> Callable:
-    # (no shared check for callables in lora_edu.checks)
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, got {type(value).__name__}")
-    return value
 
 
 @dataclass
@@ -211,9 +210,9 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
     check_instance("progress", progress, bool)
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
     if extra_loss is not None:
-        _callable("extra_loss", extra_loss)
+        check_callable("extra_loss", extra_loss)
     if after_backward is not None:
-        _callable("after_backward", after_backward)
+        check_callable("after_backward", after_backward)
     if optimizer is not None:
         check_instance("optimizer", optimizer, torch.optim.Optimizer)
     param_list = _param_list(model, params)
@@ -411,7 +410,7 @@ def run_seeds(fn: Callable[[int], float | Mapping[str, float]],
     to ``fn`` as Python ints). A result may be a real number or a one-element tensor/array; it must
     be finite.
     """
-    _callable("fn", fn)
+    check_callable("fn", fn)
     if isinstance(seeds, str | bytes) or not isinstance(seeds, Iterable):
         raise TypeError(f"seeds must be an iterable of ints, got {type(seeds).__name__}")
     seed_list = [check_int(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
