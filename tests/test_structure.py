@@ -79,7 +79,7 @@ def test_every_notebook_is_in_toc_and_every_toc_entry_exists():
 
 
 def test_chapter_file_names_follow_fixed_numbering():
-    fixed = {"01": "low_rank", "02": "lora", "03": "where_rank", "04": "nf4",
+    fixed = {"01": "low_rank", "02": "lora", "03": "where_and_rank", "04": "nf4",
              "05": "double_quant", "06": "qlora", "07": "adalora", "08": "comparison"}
     for nb in notebooks():
         m = re.fullmatch(r"(\d\d)_(\w+)\.ipynb", nb.name)
