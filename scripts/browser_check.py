@@ -71,7 +71,16 @@ MEASURE_JS = r"""
   const badImages = [...document.images]
     .filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0))
     .map(i => i.getAttribute('src'));
-  // widths
+  // widths; an equation is named by its TeX source (MathJax's own record of it)
+  const texOf = new Map();
+  try {
+    for (const item of MathJax.startup.document.math) texOf.set(item.typesetRoot, item.math);
+  } catch (e) { /* no MathJax on this page */ }
+  const describe = el => {
+    const box = el.closest('mjx-container');
+    const text = box && texOf.has(box) ? 'TeX ' + texOf.get(box) : el.textContent;
+    return text.trim().replace(/\s+/g, ' ').slice(0, 80);
+  };
   let widest = {width: 0, what: ''};
   const overflows = [];
   const over = new Set();
@@ -98,7 +107,7 @@ MEASURE_JS = r"""
       over.add(el);
       if (el.parentElement && over.has(el.parentElement)) continue;  // report the outermost
       overflows.push(el.tagName.toLowerCase() + '.' + [...el.classList].join('.') + ' ' +
-                     Math.round(r.width) + 'px: ' + el.textContent.trim().slice(0, 50));
+                     Math.round(r.width) + 'px: ' + describe(el));
     }
   }
   // links
