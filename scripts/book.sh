@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 echo "== building the book (the notebooks' stored, test-checked outputs; nothing is re-executed)"
-.venv/bin/jupyter-book build . --keep-going -q
+build_book
 echo "== done: open $(pwd)/_build/html/index.html"

