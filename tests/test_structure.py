@@ -169,7 +169,8 @@ def test_bibliography_has_the_four_papers():
         assert needle in bib
 
 
-def test_readme_python_example_runs(capsys):
+def test_readme_python_example_runs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # the example writes adapter files into the current folder
     readme = (ROOT / "README.md").read_text()
     examples = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     assert examples, "the README has no python example"
