@@ -6,14 +6,21 @@ One import path per public name — the concept's module or package::
     from lora_edu.lowrank import best_rank_r                    # chapter 1 (and 3)
     from lora_edu.lora import LoRALinear, apply_lora            # chapter 2
     from lora_edu.inject import count_parameters                # shared by all adapters
-    from lora_edu.memory import training_memory                 # chapter 2
+    from lora_edu.memory import training_memory                 # chapters 2 and 6
+    from lora_edu.placement import finetune, budget_ranks       # chapter 3
     from lora_edu.quant import quantize_4bit, nf4_code          # chapters 4 and 5
+    from lora_edu.pretrained import minilm_linear_weights       # chapter 4 (real weights)
+    from lora_edu.qlora import QLoRALinear, prepare_qlora       # chapter 6
+    from lora_edu.paged import PagedAdamW                       # chapter 6
     from lora_edu.adalora import RankAllocator                  # chapter 7
+    from lora_edu.adapter import apply_adapters                 # chapter 8 (Houlsby adapters)
+    from lora_edu.claims import CLAIMS                          # the claims ledger
     from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
     from lora_edu.checks import check_int                       # argument checks
 
-Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``)
-never import composite ones (``lora``, ``toy``; ``adalora``).
+Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``,
+``paged``, ``pretrained``, ``claims``) never import composite ones (``lora``, ``toy``, ``adapter``;
+``adalora``, ``qlora``, ``placement``).
 """
 
 from __future__ import annotations
