@@ -19,24 +19,19 @@ from torch import nn
 
 from lora_edu.checks import check_callable, check_instance
 
-__all__ = ["FrozenLinearWrapper", "inject_adapters", "count_parameters", "find_linear_targets",
-           "normalize_targets"]
+__all__ = ["BaseLayerWidths", "FrozenLinearWrapper", "inject_adapters", "count_parameters",
+           "find_linear_targets", "normalize_targets"]
 
 
-class FrozenLinearWrapper(nn.Module):
-    """Base of the adapter layers (LoRA, AdaLoRA): a module that keeps a frozen ``nn.Linear``.
+class BaseLayerWidths:
+    """Mixin for a module whose ``self.base`` is the layer it stands in for (W0 ∈ ℝ^{d×k}).
 
-    ``self.base`` holds the pretrained layer W0 (d×k) with ``requires_grad=False`` on its
-    parameters (source §2.1: W0 stays frozen, only the bypass trains); ``in_features`` (k) and
-    ``out_features`` (d) are the base layer's, so a wrapper can stand wherever the layer stood.
+    ``in_features`` (k) and ``out_features`` (d) are the base layer's, so the wrapper can stand
+    wherever the layer stood. Used by :class:`FrozenLinearWrapper` and by the QLoRA layer, whose
+    base is a quantized layer rather than an ``nn.Linear``.
     """
 
-    def __init__(self, base: nn.Linear) -> None:
-        check_instance("base", base, nn.Linear)
-        super().__init__()
-        self.base = base
-        for p in base.parameters():
-            p.requires_grad_(False)
+    base: nn.Module
 
     @property
     def in_features(self) -> int:
@@ -47,6 +42,23 @@ class FrozenLinearWrapper(nn.Module):
     def out_features(self) -> int:
         """d, the output width of the wrapped layer."""
         return self.base.out_features
+
+
+class FrozenLinearWrapper(BaseLayerWidths, nn.Module):
+    """Base of the adapter layers (LoRA, AdaLoRA, adapters): a module that keeps a frozen
+    ``nn.Linear``.
+
+    ``self.base`` holds the pretrained layer W0 (d×k) with ``requires_grad=False`` on its
+    parameters (source §2.1: W0 stays frozen, only the bypass trains); ``in_features`` (k) and
+    ``out_features`` (d) are the base layer's (:class:`BaseLayerWidths`).
+    """
+
+    def __init__(self, base: nn.Linear) -> None:
+        check_instance("base", base, nn.Linear)
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
 
 
 def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lora_edu.checks import check_instance, check_int, check_one_of, check_power_of_two
-from lora_edu.inject import inject_adapters, normalize_targets
+from lora_edu.inject import BaseLayerWidths, inject_adapters, normalize_targets
 from lora_edu.lora import LoRALinear
 from lora_edu.quant import (
     MAX_BLOCKSIZE,
@@ -229,7 +229,7 @@ class NF4Linear(nn.Module):
                 f"blocksize={self.blocksize}, double_quant={self.double_quant}")
 
 
-class QLoRALinear(nn.Module):
+class QLoRALinear(BaseLayerWidths, nn.Module):
     """A 4-bit frozen base plus a 16-bit LoRA bypass: h = Ŵ0·x + b + s·B·(A·dropout(x)).
 
     Source §4.3: the base ``self.base`` is an :class:`NF4Linear` (buffers only); the adapter's
@@ -274,16 +274,6 @@ class QLoRALinear(nn.Module):
         self.dropout_p, self.scaling, self.dropout = lora.dropout_p, lora.scaling, lora.dropout
         self.lora_A = nn.Parameter(lora.lora_A.detach().to(adapter_dtype))
         self.lora_B = nn.Parameter(lora.lora_B.detach().to(adapter_dtype))
-
-    @property
-    def in_features(self) -> int:
-        """k, the input width."""
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        """d, the output width."""
-        return self.base.out_features
 
     @property
     def compute_dtype(self) -> torch.dtype:
