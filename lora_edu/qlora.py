@@ -511,7 +511,7 @@ def qlora_layers(model: nn.Module) -> dict[str, QLoRALinear]:
 
 
 def merge_qlora(model: nn.Module, into: str = "16bit",
-                dtype: torch.dtype | None = None) -> nn.Module:
+                dtype: torch.dtype | None = None, dequantize_rest: bool = False) -> nn.Module:
     """Replace every :class:`QLoRALinear` of ``model`` by its merged layer, in place.
 
     * ``into="16bit"`` — option (a): an ``nn.Linear`` holding Ŵ0 + s·B·A in ``dtype`` (default:
@@ -521,15 +521,23 @@ def merge_qlora(model: nn.Module, into: str = "16bit",
       the new rounding is as large as the first quantization's, and a small update ΔW is partly
       rounded away (source §2.2, 2's "merge for zero latency", under quantization).
 
+    ``dequantize_rest=True`` (with ``into="16bit"`` only) also replaces every other
+    :class:`NF4Linear` of the model — the layers ``prepare_qlora`` quantized without an adapter —
+    by a plain ``nn.Linear`` holding its dequantized weight Ŵ0 (:meth:`NF4Linear.linear`), so that
+    no layer dequantizes at inference time any more.
+
     Returns the model (a bare ``QLoRALinear`` is not replaced: its merged layer is returned).
     Raises ``ValueError`` if the model holds no ``QLoRALinear``.
     """
     check_instance("model", model, nn.Module)
     check_one_of("into", into, MERGE_MODES)
+    check_instance("dequantize_rest", dequantize_rest, bool)
     if dtype is not None:
         dtype = _check_compute_dtype(dtype, "dtype")
     if into == "nf4" and dtype is not None:
         raise ValueError("dtype applies to into='16bit' only")
+    if into == "nf4" and dequantize_rest:
+        raise ValueError("dequantize_rest applies to into='16bit' only")
 
     def merged(layer: QLoRALinear) -> nn.Module:
         return layer.merged_linear(dtype) if into == "16bit" else layer.merged_nf4()
@@ -540,6 +548,10 @@ def merge_qlora(model: nn.Module, into: str = "16bit",
     if not layers:
         raise ValueError("model holds no QLoRALinear layer to merge")
     replacements = {name: merged(layer) for name, layer in layers.items()}
+    if dequantize_rest:
+        adapted = tuple(f"{name}." for name in layers)
+        replacements.update({name: m.linear(dtype) for name, m in model.named_modules()
+                             if isinstance(m, NF4Linear) and not name.startswith(adapted)})
     modules = dict(model.named_modules())
     for name, new in replacements.items():
         parent_name, _, child = name.rpartition(".")

@@ -1,5 +1,6 @@
 """SVDLinear, the orthogonal regulariser, the allocator, apply_adalora (lora_edu.adalora)."""
 
+import copy
 import math
 import random
 import warnings
@@ -636,3 +637,32 @@ def test_vectorised_scores_equal_the_per_layer_formula():
     ranks = alloc.mask_to_budget(20)
     keep = torch.cat([m.rank_mask for m in layers]).bool()
     assert sum(ranks.values()) == 20 and float(flat[keep].min()) >= float(flat[~keep].max())
+
+
+def test_merge_adalora_folds_p_lambda_q_and_drops_pruned_triplets():
+    from lora_edu.adalora import merge_adalora
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6)).double()
+    apply_adalora(model, ["0", "2"], r=4, alpha=8.0, seed=0)
+    with torch.no_grad():
+        for layer in find_svd_modules(model).values():
+            layer.lora_lambda.normal_()
+        model[0].rank_mask[1] = 0.0                        # one pruned triplet
+    x = torch.randn(5, 10, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x)
+        w = model[0].base.weight + model[0].scaling * sum(
+            model[0].lora_lambda[i] * torch.outer(model[0].lora_P[:, i], model[0].lora_Q[i])
+            for i in (0, 2, 3))                            # triplet 1 left out, by hand
+    merged = merge_adalora(copy.deepcopy(model))
+    assert all(type(m) is nn.Linear for m in (merged[0], merged[2]))
+    assert not any(isinstance(m, SVDLinear) for m in merged.modules())
+    assert torch.allclose(merged[0].weight, w, rtol=0, atol=1e-12)
+    with torch.no_grad():
+        assert torch.allclose(merged(x), expected, rtol=0, atol=1e-12)
+    bare = merge_adalora(copy.deepcopy(model[2]))
+    assert type(bare) is nn.Linear
+    with pytest.raises(ValueError, match="no SVDLinear"):
+        merge_adalora(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(TypeError, match="model"):
+        merge_adalora("model")

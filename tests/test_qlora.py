@@ -330,3 +330,31 @@ def test_bad_input_leaves_the_model_unchanged(call, exc, arg):
 def test_bad_input_to_layers(call, exc, arg):
     with pytest.raises(exc, match=rf"\b{arg}\b"):
         call()
+
+
+def test_merge_to_16bit_can_dequantize_the_layers_without_adapter():
+    model = toy()
+    prepare_qlora(model, ATTN, r=4, alpha=8, seed=1, quantize_only=OTHERS,
+                  compute_dtype=torch.float32)
+    with torch.no_grad():
+        for layer in qlora_layers(model).values():
+            layer.lora_B.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(2))
+    x = torch.randint(0, 48, (4, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        unmerged = model(x)
+    partly = merge_qlora(copy.deepcopy(model), "16bit", torch.float32)
+    fully = merge_qlora(copy.deepcopy(model), "16bit", torch.float32, dequantize_rest=True)
+    assert sum(isinstance(m, NF4Linear) for m in partly.modules()) == 4 * 2   # the others, 2 blocks
+    assert not any(isinstance(m, (NF4Linear, QLoRALinear)) for m in fully.modules())
+    # each dequantized layer holds exactly its NF4 layer's Ŵ0, and the outputs do not move
+    nf4 = {n: m for n, m in partly.named_modules() if isinstance(m, NF4Linear)}
+    for name, m in nf4.items():
+        assert torch.equal(fully.get_submodule(name).weight, m.dequantized_weight())
+    with torch.no_grad():
+        scale = unmerged.abs().max()
+        assert float((fully(x) - unmerged).abs().max() / scale) < 1e-5
+        assert float((fully(x) - partly(x)).abs().max() / scale) < 1e-6
+    with pytest.raises(ValueError, match="dequantize_rest"):
+        merge_qlora(copy.deepcopy(model), "nf4", dequantize_rest=True)
+    with pytest.raises(TypeError, match="dequantize_rest"):
+        merge_qlora(copy.deepcopy(model), "16bit", dequantize_rest=1)

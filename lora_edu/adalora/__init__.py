@@ -4,7 +4,7 @@ budget schedule, and the allocator that keeps the best b(t) triplets.
 
 Everything public is imported from here::
 
-    from lora_edu.adalora import SVDLinear, apply_adalora, RankAllocator, budget_schedule
+    from lora_edu.adalora import SVDLinear, apply_adalora, RankAllocator, merge_adalora
 
 The modules behind it: ``svd_linear``, ``importance``, ``budget``, ``allocator``.
 """
@@ -20,12 +20,13 @@ from lora_edu.adalora.importance import (
 from lora_edu.adalora.svd_linear import (
     SVDLinear,
     apply_adalora,
+    merge_adalora,
     orthogonal_penalty,
     orthogonal_regularizer,
 )
 
 __all__ = [
-    "SVDLinear", "apply_adalora", "orthogonal_regularizer", "orthogonal_penalty",
+    "SVDLinear", "apply_adalora", "merge_adalora", "orthogonal_regularizer", "orthogonal_penalty",
     "ImportanceTracker", "sensitivity", "ema_update", "triplet_scores",
     "budget_schedule", "validate_schedule", "budget_from_average_rank",
     "RankAllocator", "find_svd_modules", "is_svd_adapter",

@@ -36,6 +36,7 @@ value ``ValueError``, both naming the argument; numpy scalars are accepted.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -45,7 +46,8 @@ from lora_edu.adalora.allocator import find_svd_modules
 from lora_edu.checks import check_float, check_instance, check_int, check_tensor
 from lora_edu.inject import FrozenLinearWrapper, inject_adapters, normalize_targets
 
-__all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora"]
+__all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora",
+           "merge_adalora"]
 
 
 class SVDLinear(FrozenLinearWrapper):
@@ -239,4 +241,35 @@ def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     inject_adapters(model, list(targets),
                     lambda lin: SVDLinear(lin, r, alpha, init_std, generator))
+    return model
+
+
+def _merged_base(layer: SVDLinear) -> nn.Linear:
+    # a copy of the frozen base holding W0 + s·P·diag(λ ⊙ mask)·Q
+    merged = copy.deepcopy(layer.base)
+    with torch.no_grad():
+        merged.weight.add_(layer.delta_weight().to(merged.weight.dtype))
+    return merged
+
+
+def merge_adalora(model: nn.Module) -> nn.Module:
+    """Replace every :class:`SVDLinear` of ``model`` by an ``nn.Linear`` holding W0 + s·P·Λ·Q.
+
+    The SVD form is linear like LoRA's B·A, so it merges the same way (source §2.2, 2; §3.2 (1)):
+    the merged model has the original architecture and no extra latency. Pruned triplets
+    contribute nothing (:meth:`SVDLinear.delta_weight` uses the masked λ). The adapters are gone
+    afterwards (this is PEFT's ``merge_and_unload``). Returns the model; for a bare
+    :class:`SVDLinear` the merged ``nn.Linear`` itself. Raises ``ValueError`` if the model holds no
+    :class:`SVDLinear`; the model is unchanged on any error.
+    """
+    check_instance("model", model, nn.Module)
+    if isinstance(model, SVDLinear):
+        return _merged_base(model)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, SVDLinear)}
+    if not layers:
+        raise ValueError("model holds no SVDLinear layer to merge")
+    replacements = {name: _merged_base(layer) for name, layer in layers.items()}
+    for name, new in replacements.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, new)
     return model
