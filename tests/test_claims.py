@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import toc_files
 
 from lora_edu.claims import CLAIMS, VERDICTS, Claim, verdict_counts
 
@@ -21,24 +21,6 @@ NOTE_SECTIONS = ("§1", "§2.1", "§2.1 (1)", "§2.1 (2)", "§2.1 (3)", "§2.2 (
                  "§2.2 (3)", "§2.2 (4)", "§2.3 (1)", "§2.3 (2)", "§2.3 (3)", "§3.1", "§3.2 (1)",
                  "§3.2 (2)", "§3.2 (3)", "§3.3", "§4.1", "§4.2 (1)", "§4.2 (2)", "§4.2 (3)", "§4.3",
                  "总结")
-
-
-def toc_entries() -> set[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    found: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                found.add(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(toc)
-    return found
 
 
 def defined_functions(path: Path) -> set[str]:
@@ -57,7 +39,7 @@ def test_every_named_test_exists(claim: Claim):
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.key)
 def test_every_named_chapter_is_in_the_toc(claim: Claim):
-    entries = toc_entries()
+    entries = set(toc_files())
     for chapter in claim.chapters:
         assert chapter in entries, f"{claim.key}: {chapter} is not in _toc.yml"
 
