@@ -3,6 +3,7 @@ path): the table of contents of the book, and the bad-input assertion of the par
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +39,75 @@ def assert_rejected(call: Callable[[], object], exc: type[Exception], name: str)
         call()
     assert type(info.value) is exc
     assert re.match(rf"{re.escape(name)}\b", str(info.value)), str(info.value)
+
+
+def page_path(entry: str) -> Path:
+    """The file of a toc entry (``book/02_lora`` → ``book/02_lora.ipynb`` or ``.md``)."""
+    for suffix in (".ipynb", ".md"):
+        path = ROOT / f"{entry}{suffix}"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no .ipynb or .md for toc entry {entry!r}")
+
+
+def markdown_blocks(entry: str) -> list[str]:
+    """The Markdown a reader reads on a page: every Markdown cell of a notebook, or a whole .md."""
+    path = page_path(entry)
+    if path.suffix == ".md":
+        return [path.read_text()]
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+
+
+NBVAL_NOT_COMPARED = ("# NBVAL_IGNORE_OUTPUT", "# NBVAL_SKIP")
+
+
+def compared_cells(nb: Path) -> list[tuple[int, dict]]:
+    """(index, cell) of every code cell whose stored outputs nbval compares."""
+    cells = json.loads(nb.read_text())["cells"]
+    out = []
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]).lstrip()
+        tags = cell.get("metadata", {}).get("tags", [])
+        if source.startswith(NBVAL_NOT_COMPARED) or {"nbval-ignore-output", "nbval-skip"} & set(tags):
+            continue
+        out.append((i, cell))
+    return out
+
+
+def output_texts(cell: dict) -> list[str]:
+    """Every text an output of ``cell`` shows or stores: streams, and each text-like MIME entry
+    (glued values included)."""
+    texts = []
+    for output in cell.get("outputs", []):
+        if "text" in output:
+            texts.append("".join(output["text"]))
+        for mime, value in output.get("data", {}).items():
+            if mime.endswith(("text/plain", "text/markdown", "text/html", "text/latex")):
+                texts.append("".join(value) if isinstance(value, list) else str(value))
+    return texts
+
+
+# What a reader sees as a typed number, and what is not one (a section number, a version, a
+# value pasted from a stored output by a glue role, a cross-reference).
+_NOT_NUMBERS = [
+    re.compile(r"\{glue(?::\w+)?\}`[^`]*`"),                       # {glue:text}`key:.3f`
+    re.compile(r"\{(?:numref|ref|eq|doc|cite(?::\w+)?|download|term)\}`[^`]*`"),
+    re.compile(r"^#{1,6}[ \t]+\d+(?:\.\d+)*", re.M),                # "## 2.4 Title"
+    re.compile(r"(?:§|\b[Ss]ections?[ \t\n]+|\bchapters?[ \t\n]+)\d+(?:\.\d+)*"
+               r"(?:[ \t\n]*(?:,|and|or|to|–|-)[ \t\n]*\d+(?:\.\d+)*)*"),
+    re.compile(r"(?<![\w.])v?\d+\.\d+\.\d+(?:\.\d+)*(?!\w|\.\d)"),     # versions: torch 2.13.0
+    re.compile(r"\]\([^)]*\)"),                                     # link targets
+    re.compile(r"^\(\S+\)=\s*$", re.M),                             # MyST labels
+]
+_DECIMAL = re.compile(r"(?<![\w.])\d[\d,]*\.\d+(?!\w|\.\d)")
+
+
+def typed_decimals(markdown: str) -> list[str]:
+    """Every decimal number typed in ``markdown``, after removing what is not a typed number
+    (glued values, cross-references, section numbers, versions, link targets)."""
+    for pattern in _NOT_NUMBERS:
+        markdown = pattern.sub(" ", markdown)
+    return _DECIMAL.findall(markdown)
