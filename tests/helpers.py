@@ -71,7 +71,8 @@ def compared_cells(nb: Path) -> list[tuple[int, dict]]:
             continue
         source = "".join(cell["source"]).lstrip()
         tags = cell.get("metadata", {}).get("tags", [])
-        if source.startswith(NBVAL_NOT_COMPARED) or {"nbval-ignore-output", "nbval-skip"} & set(tags):
+        skipped_by_tag = {"nbval-ignore-output", "nbval-skip"} & set(tags)
+        if source.startswith(NBVAL_NOT_COMPARED) or skipped_by_tag:
             continue
         out.append((i, cell))
     return out
