@@ -1,4 +1,4 @@
-"""Inference latency of the four methods of the note's closing table at GPT-2 medium's width.
+"""The four methods of the note's closing table: latency at GPT-2 medium's width, chapter 8's toy.
 
 Chapter 8 measures the toy transformer (d_model 64); this benchmark repeats the comparison on a
 4-layer toy transformer of GPT-2 medium's width (d_model 1024, 16 heads, FFN 4096), the model of
@@ -15,20 +15,36 @@ weights), measured interleaved in the same run:
   §5: "无" inference latency for QLoRA holds only after merging to 16 bit);
 * QLoRA merged to float32 (and the quantize-only layers dequantized): the base architecture, so
   its figure shows the timing noise.
+
+The orderings that chapter 8 shows on its own toy (d_model 64, 2 blocks, the chapter's methods and
+budgets: Adapter^H m = 6, LoRA and QLoRA r = 6 on W_q, W_v, AdaLoRA r = 6 on all 12 matrices with
+its allocator and regulariser; one thread, as in the chapter) are held here, each as a ratio
+against a baseline of the same run:
+
+* one AdamW training step (batch 64 × 16 tokens, AdaLoRA's allocator step included), each method
+  against LoRA's step: QLoRA > 1.15 (it dequantizes its 12 weight matrices in the forward and again
+  in the backward pass), AdaLoRA > 1.3 (12 adapted matrices instead of 4, the regulariser, the
+  importance scores); full fine-tuning and the adapters are reported without a target;
+* one forward pass at batch 1 × 16 tokens: Houlsby adapters against merged LoRA > 1.1, unmerged
+  AdaLoRA against merged AdaLoRA > 1.3, the 4-bit QLoRA base and QLoRA merged into NF4 against
+  QLoRA merged to float32 > 2 (every forward pass dequantizes all 12 weight matrices).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from benchmarks.common import Result, check, interleaved_times
-from lora_edu.adalora import apply_adalora
+from lora_edu.adalora import RankAllocator, apply_adalora, merge_adalora, orthogonal_penalty
 from lora_edu.adapter import apply_adapters
+from lora_edu.lora import apply_lora, merge_lora
 from lora_edu.qlora import NF4Linear, merge_qlora, prepare_qlora
-from lora_edu.toy import TinyTransformer, ToyConfig
+from lora_edu.toy import TinyTransformer, ToyConfig, downstream_task, pretrained_toy_model
 
 __all__ = ["run"]
 
@@ -68,10 +84,124 @@ NAMES = {"adapter_h": ("Houlsby adapters m=8 (o_proj, fc2)", ""),
          "qlora_merged": ("QLoRA merged to float32", "")}
 
 
+TOY_STEPS = 100     # chapter 8's training length: the allocator's schedule runs over it
+
+
+def _one_thread(fns: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    """``fns``, each setting one thread before its call: chapter 8 times its toy on one thread.
+
+    ``interleaved_times`` sets the suite's two threads first; on a 64-wide toy a second thread has
+    nothing to do but wait at every operation's barrier, and on a shared machine that wait can
+    dwarf the operation. Setting the count that is already set costs well under a microsecond.
+    """
+    def wrap(fn: Callable[[], object]) -> Callable[[], object]:
+        def f():
+            torch.set_num_threads(1)
+            return fn()
+        return f
+    return {k: wrap(fn) for k, fn in fns.items()}
+
+
+def _toy_method(method: str, seed: int = 0) -> tuple[nn.Module, RankAllocator | None]:
+    """Chapter 8's pre-trained toy adapted by ``method`` (its budgets), with a fresh head."""
+    model, _ = pretrained_toy_model(seed=0)
+    alloc = None
+    if method == "Adapter^H":
+        apply_adapters(model, ["o_proj", "fc2"], bottleneck=6, seed=seed)
+    elif method == "LoRA":
+        apply_lora(model, QV, r=6, alpha=24.0, init="kaiming", seed=seed)
+    elif method == "QLoRA":
+        prepare_qlora(model, QV, r=6, alpha=24.0, init="kaiming", seed=seed,
+                      compute_dtype=torch.float32, quantize_only=OTHERS)
+    elif method == "AdaLoRA":
+        apply_adalora(model, QV + OTHERS, r=6, alpha=96.0, seed=seed)
+        alloc = RankAllocator(model, target_budget=24, total_steps=TOY_STEPS, t_init=10,
+                              t_final=30, delta_t=5, mask_between_steps=False)
+    model.reset_head(seed=seed)
+    return model, alloc
+
+
+def _toy_step_rows() -> list[Result]:
+    """One training step of each of chapter 8's methods against LoRA's, interleaved."""
+    task = downstream_task()
+    x, y = task.x_train[:64], task.y_train[:64]
+
+    def stepper(method: str):
+        model, alloc = _toy_method(method)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        count = iter(range(1, TOY_STEPS + 1))
+
+        def f():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            if alloc is not None:
+                loss = loss + orthogonal_penalty(model, 0.1)
+            loss.backward()
+            if alloc is not None:
+                alloc.step(next(count))
+            opt.step()
+        return f
+
+    methods = ("full fine-tuning", "Adapter^H", "LoRA", "AdaLoRA", "QLoRA")
+    # warm-up + repeat = 33 AdaLoRA steps: all in its scoring phase, as in the chapter's timing
+    t = interleaved_times(_one_thread({m: stepper(m) for m in methods}), repeat=31)
+    rows = []
+    for method, target in (("QLoRA", "> 1.15"), ("AdaLoRA", "> 1.3"),
+                           ("full fine-tuning", ""), ("Adapter^H", "")):
+        ratio = t[method] / t["LoRA"]
+        rows.append(Result(f"toy step (ch. 8): {method} / LoRA", ratio,
+                           "LoRA q,v r=6 step, batch 64x16, same run", target,
+                           check(ratio, target)))
+    return rows
+
+
+def _toy_latency_rows() -> list[Result]:
+    """Chapter 8's forward-pass orderings at batch 1 × 16 tokens, each against its merged model."""
+    def perturbed(method: str) -> nn.Module:
+        model = _toy_method(method)[0]
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(("lora_B", "lora_lambda")):
+                    p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        return model.eval()
+
+    lora, ada, qlora = perturbed("LoRA"), perturbed("AdaLoRA"), perturbed("QLoRA")
+    models = {"LoRA merged": merge_lora(copy.deepcopy(lora)),
+              "Adapter^H": _toy_method("Adapter^H")[0],
+              "AdaLoRA merged": merge_adalora(copy.deepcopy(ada)),
+              "AdaLoRA unmerged": ada,
+              "QLoRA merged to float32": merge_qlora(copy.deepcopy(qlora), "16bit",
+                                                     torch.float32, dequantize_rest=True),
+              "QLoRA merged into NF4": merge_qlora(copy.deepcopy(qlora), "nf4"),
+              "QLoRA, 4-bit base": qlora}
+    for model in models.values():
+        model.eval().requires_grad_(False)
+    x = downstream_task().x_test[:1]
+
+    def fwd(model: nn.Module):
+        def f():
+            with torch.no_grad():
+                model(x)
+        return f
+
+    t = interleaved_times(_one_thread({k: fwd(m) for k, m in models.items()}), repeat=41)
+    rows = []
+    for key, baseline, target, name in (
+            ("Adapter^H", "LoRA merged", "> 1.1", "Adapter^H / merged LoRA"),
+            ("AdaLoRA unmerged", "AdaLoRA merged", "> 1.3", "AdaLoRA unmerged / merged"),
+            ("QLoRA, 4-bit base", "QLoRA merged to float32", "> 2", "QLoRA 4-bit base / fp32"),
+            ("QLoRA merged into NF4", "QLoRA merged to float32", "> 2", "QLoRA NF4-merged / fp32")):
+        ratio = t[key] / t[baseline]
+        rows.append(Result(f"toy fwd 1x16 (ch. 8): {name}", ratio,
+                           f"{baseline}, same run", target, check(ratio, target)))
+    return rows
+
+
 def run() -> list[Result]:
     torch.set_num_threads(2)
+    rows = _toy_step_rows() + _toy_latency_rows()
     models = _models()
-    rows = []
     for batch, seq, repeat in ((1, 128, 9), (8, 128, 5)):
         x = torch.randint(0, CONFIG.vocab_size, (batch, seq),
                           generator=torch.Generator().manual_seed(0))
