@@ -14,12 +14,11 @@ One import path per public name — the concept's module or package::
     from lora_edu.paged import PagedAdamW                       # chapter 6
     from lora_edu.adalora import RankAllocator                  # chapter 7
     from lora_edu.adapter import apply_adapters                 # chapter 8 (Houlsby adapters)
-    from lora_edu.claims import CLAIMS                          # the claims ledger
     from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
     from lora_edu.checks import check_int                       # argument checks
 
 Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``,
-``paged``, ``pretrained``, ``claims``) never import composite ones (``lora``, ``toy``, ``adapter``;
+``paged``, ``pretrained``) never import composite ones (``lora``, ``toy``, ``adapter``;
 ``adalora``, ``qlora``, ``placement``).
 """
 

@@ -19,7 +19,7 @@ PKG = Path(lora_edu.__file__).parent
 LAYER = {
     "checks": 0,
     "lowrank": 1, "quant": 1, "inject": 1, "memory": 1, "paged": 1, "pretrained": 1,
-    "lora": 2, "toy": 2, "adapter": 2, "claims": 1,
+    "lora": 2, "toy": 2, "adapter": 2,
     "adalora": 3, "qlora": 3, "placement": 3,
 }
 

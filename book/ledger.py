@@ -1,0 +1,165 @@
+"""The claims ledger of the book: rows in ``claims.yml``, measured values from the chapters.
+
+Each row of ``claims.yml`` is one checkable statement of *LoRA方法详解*: its section, its words
+(``zh``) and an English rendering (``en``), where it comes from (``origin``), a ``verdict`` and,
+where the verdict is qualified, ``why``. Its support is split in two:
+
+* ``evidence``: for each chapter that measures the claim, the section that holds the evidence
+  (``anchor``, a MyST label in the chapter), what was measured (``measured``) and what the
+  chapter asserts on every run (``band``), plus the tests that measure the claim itself
+  (``tests``, often none: the chapter is the measurement);
+* ``mechanism_tests``: tests of the mechanism the claim rests on (a formula, a schedule).
+
+``measured`` and ``band`` never type a measured number: they name values that the chapter glued
+into its stored outputs, as ``{02_lora::lora_qv_acc}``. :func:`resolve` pastes them, exactly as
+MyST-NB's ``{glue:text}`` role pastes them into the chapter's own prose, so the ledger and the
+chapter cannot disagree. The ledger page (``claims.ipynb``) renders :func:`ledger_markdown`; the
+tests (``tests/test_claims.py``) check every reference, anchor and test name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from ast import literal_eval
+from pathlib import Path
+
+import yaml
+
+BOOK = Path(__file__).resolve().parent
+
+#: The verdicts, from strongest to weakest evidence, with the badge colour of each.
+VERDICTS = {
+    "exact": "success",
+    "reproduced at toy scale": "primary",
+    "partly holds": "warning",
+    "does not hold": "danger",
+    "not checked": "secondary",
+}
+
+#: A reference to a glued value: ``{chapter::key}``.
+REFERENCE = re.compile(r"\{([0-9A-Za-z_]+)::([^{}:]+)\}")
+
+GLUE_MIME = "application/papermill.record/text/plain"
+
+
+def glued_values(chapter: str, book: Path = BOOK) -> dict[str, str]:
+    """Every value the notebook ``book/<chapter>.ipynb`` glued, as the text the glue role pastes.
+
+    MyST-NB stores a glued value as a display output whose metadata names it; its text/plain
+    form is ``repr(value)``, which the ``{glue:text}`` role turns back into text with
+    ``ast.literal_eval`` (so a glued string pastes without its quotes). This does the same.
+    """
+    cells = json.loads((book / f"{chapter}.ipynb").read_text())["cells"]
+    values: dict[str, str] = {}
+    for cell in cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if not name:
+                continue
+            data = output.get("data", {})
+            text = data.get(GLUE_MIME, data.get("text/plain"))
+            if text is None:
+                continue
+            text = "".join(text) if isinstance(text, list) else text
+            if name in values:
+                raise ValueError(f"{chapter}: glue key {name!r} stored twice")
+            try:
+                values[name] = str(literal_eval(text))
+            except (SyntaxError, ValueError):
+                values[name] = text
+    return values
+
+
+def resolve(template: str, book: Path = BOOK, _cache: dict | None = None) -> str:
+    """``template`` with every ``{chapter::key}`` replaced by the value the chapter glued.
+
+    A reference to a chapter or key that does not exist raises ``KeyError`` naming it.
+    """
+    cache = {} if _cache is None else _cache
+
+    def paste(match: re.Match) -> str:
+        chapter, key = match.groups()
+        if chapter not in cache:
+            if not (book / f"{chapter}.ipynb").is_file():
+                raise KeyError(f"no chapter {chapter!r} for {match.group()}")
+            cache[chapter] = glued_values(chapter, book)
+        if key not in cache[chapter]:
+            raise KeyError(f"{chapter} glued no value {key!r}")
+        return cache[chapter][key]
+
+    return REFERENCE.sub(paste, template)
+
+
+def load_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
+    """The rows of ``claims.yml``, checked for the fields every row needs."""
+    rows = yaml.safe_load(path.read_text())
+    if not isinstance(rows, list):
+        raise ValueError(f"{path.name} must hold a list of rows")
+    required = {"key", "section", "zh", "en", "origin", "verdict"}
+    allowed = required | {"why", "evidence", "mechanism_tests"}
+    for row in rows:
+        missing, unknown = required - set(row), set(row) - allowed
+        if missing or unknown:
+            raise ValueError(f"row {row.get('key')!r}: missing {missing or '-'}, unknown "
+                             f"{unknown or '-'}")
+        if row["verdict"] not in VERDICTS:
+            raise ValueError(f"row {row['key']!r}: verdict must be one of {list(VERDICTS)}")
+        row["evidence"] = row.get("evidence") or []
+        row["mechanism_tests"] = row.get("mechanism_tests") or []
+        for ev in row["evidence"]:
+            if set(ev) != {"chapter", "anchor", "measured", "band", "tests"}:
+                raise ValueError(f"row {row['key']!r}: evidence fields {sorted(ev)}")
+            ev["tests"] = ev["tests"] or []
+    return rows
+
+
+def chapter_number(chapter: str) -> str:
+    """``"02_lora"`` → ``"2"``."""
+    return str(int(chapter.split("_", 1)[0]))
+
+
+def verdict_counts(rows: list[dict]) -> dict[str, int]:
+    """How many rows have each verdict, in the order of :data:`VERDICTS`."""
+    return {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+
+
+def _tests_line(tests: list[str]) -> str:
+    return ", ".join(f"`{t.removeprefix('tests/')}`" for t in tests) or "none"
+
+
+def ledger_markdown(rows: list[dict], book: Path = BOOK) -> str:
+    """The ledger as one MyST list-table: the note's section, the claim (中文 and English) with
+    its details in a drop-down, a verdict badge, and links to the sections holding the evidence.
+    Every measured value is pasted from the chapters' stored outputs."""
+    cache: dict = {}
+    lines = ["```{list-table}", ":header-rows: 1", ":widths: 10 56 14 20", ":class: ledger",
+             "", "* - §", "  - Claim", "  - Verdict", "  - Evidence"]
+    for row in rows:
+        details = [f"**Source:** {row['origin']}."]
+        for ev in row["evidence"]:
+            where = f"Chapter {chapter_number(ev['chapter'])}"
+            details.append(f"**Measured ({where}):** {resolve(ev['measured'], book, cache)}.")
+            details.append(f"**Asserted on every run:** {resolve(ev['band'], book, cache)}.")
+            if ev["tests"]:
+                details.append(f"**Tests that measure it:** {_tests_line(ev['tests'])}.")
+        if row["mechanism_tests"]:
+            details.append(f"**Mechanism tested by:** {_tests_line(row['mechanism_tests'])}.")
+        if row.get("why"):
+            details.append(f"**Why this verdict:** {row['why']}")
+        links = "; ".join(
+            f"{{ref}}`Chapter {chapter_number(ev['chapter'])} <{ev['anchor']}>`"
+            for ev in row["evidence"]) or "—"
+        badge = f"{{bdg-{VERDICTS[row['verdict']]}}}`{row['verdict']}`"
+        lines += [f"* - {row['section']}",
+                  f"  - {row['zh']}",
+                  "",
+                  f"    *{row['en']}*",
+                  "",
+                  "    :::{dropdown} Details",
+                  *(f"    {d}\n" for d in details),
+                  "    :::",
+                  f"  - {badge}",
+                  f"  - {links}"]
+    lines.append("```")
+    return "\n".join(lines)
