@@ -114,9 +114,15 @@ def load_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
     return rows
 
 
-def chapter_number(chapter: str) -> str:
-    """``"02_lora"`` → ``"2"``."""
-    return str(int(chapter.split("_", 1)[0]))
+def section_number(chapter: str, anchor: str, book: Path = BOOK) -> str:
+    """The number of the section that the label ``(anchor)=`` in ``chapter`` stands above
+    (``"2.5"`` for ``## 2.5 Measured at toy scale``); ``KeyError`` if there is no such label."""
+    cells = json.loads((book / f"{chapter}.ipynb").read_text())["cells"]
+    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    match = re.search(rf"^\({re.escape(anchor)}\)=\s*\n+#+\s+(\d+(?:\.\d+)*)\s", text, re.M)
+    if match is None:
+        raise KeyError(f"{chapter}: no label ({anchor})= above a numbered heading")
+    return match.group(1)
 
 
 def verdict_counts(rows: list[dict]) -> dict[str, int]:
@@ -133,12 +139,12 @@ def ledger_markdown(rows: list[dict], book: Path = BOOK) -> str:
     its details in a drop-down, a verdict badge, and links to the sections holding the evidence.
     Every measured value is pasted from the chapters' stored outputs."""
     cache: dict = {}
-    lines = ["```{list-table}", ":header-rows: 1", ":widths: 10 56 14 20", ":class: ledger",
+    lines = ["```{list-table}", ":header-rows: 1", ":widths: 9 55 22 14", ":class: ledger",
              "", "* - §", "  - Claim", "  - Verdict", "  - Evidence"]
     for row in rows:
         details = [f"**Source:** {row['origin']}."]
         for ev in row["evidence"]:
-            where = f"Chapter {chapter_number(ev['chapter'])}"
+            where = f"§{section_number(ev['chapter'], ev['anchor'], book)}"
             details.append(f"**Measured ({where}):** {resolve(ev['measured'], book, cache)}.")
             details.append(f"**Asserted on every run:** {resolve(ev['band'], book, cache)}.")
             if ev["tests"]:
@@ -146,9 +152,9 @@ def ledger_markdown(rows: list[dict], book: Path = BOOK) -> str:
         if row["mechanism_tests"]:
             details.append(f"**Mechanism tested by:** {_tests_line(row['mechanism_tests'])}.")
         if row.get("why"):
-            details.append(f"**Why this verdict:** {row['why']}")
+            details.append(f"**Why this verdict:** {resolve(row['why'], book, cache)}")
         links = "; ".join(
-            f"{{ref}}`Chapter {chapter_number(ev['chapter'])} <{ev['anchor']}>`"
+            f"{{ref}}`§{section_number(ev['chapter'], ev['anchor'], book)} <{ev['anchor']}>`"
             for ev in row["evidence"]) or "—"
         badge = f"{{bdg-{VERDICTS[row['verdict']]}}}`{row['verdict']}`"
         lines += [f"* - {row['section']}",

@@ -5,7 +5,7 @@ For each HTML page of ``_build/html`` (served from 127.0.0.1; every other host i
 * every math element was typeset by MathJax (no raw ``\\(``, ``\\[``, ``$$`` left, no MathJax error)
   and MathJax output is present where the page has math;
 * every ``<img>`` loaded with a non-zero natural size;
-* no element of the main column is wider than the column (code cells and tables may scroll
+* with every drop-down opened, no element of the main column is wider than the column (code cells and tables may scroll
   inside a visible scroll box; equations may not);
 * every link inside the book points to an existing page and, if it has one, an existing anchor;
 * every Chinese character is drawn with a CJK font (no missing-glyph boxes);
@@ -46,6 +46,9 @@ MEASURE_JS = r"""
   if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
     await MathJax.startup.promise;
   }
+  // open every drop-down (solutions, ledger details): what a reader opens must fit too
+  for (const d of document.querySelectorAll('details')) d.open = true;
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   await document.fonts.ready;
   const art = document.querySelector('article.bd-article') || document.querySelector('main');
   const box = art.getBoundingClientRect();
