@@ -5,8 +5,8 @@ For each HTML page of ``_build/html`` (served from 127.0.0.1; every other host i
 * every math element was typeset by MathJax (no raw ``\\(``, ``\\[``, ``$$`` left, no MathJax error)
   and MathJax output is present where the page has math;
 * every ``<img>`` loaded with a non-zero natural size;
-* with every drop-down opened, no element of the main column is wider than the column (code cells and tables may scroll
-  inside a visible scroll box; equations may not);
+* with every drop-down opened, no element of the main column is wider than the column (code
+  cells and tables may scroll inside a visible scroll box; equations may not);
 * every link inside the book points to an existing page and, if it has one, an existing anchor;
 * every Chinese character is drawn with a CJK font (no missing-glyph boxes);
 * no request left the machine.
