@@ -106,6 +106,28 @@ def find_linear_targets(model: nn.Module, target_modules: str | Sequence[str]) -
                   if name and isinstance(module, nn.Linear) and _matches(name, targets))
 
 
+def _check_every_target_matches(model: nn.Module, target_modules: str | Sequence[str]) -> None:
+    """``ValueError`` naming every target that selects no ``nn.Linear``: a layer that already
+    carries an adapter is named as such, any other miss (a typo) with the layers there are."""
+    targets = normalize_targets(target_modules)
+    modules = [(n, m) for n, m in model.named_modules() if n]
+    linear = [n for n, m in modules if isinstance(m, nn.Linear)]
+    unmatched = [t for t in targets if not any(_matches(n, (t,)) for n in linear)]
+    if not unmatched:
+        return
+    wrapped = {t: sorted({type(m).__name__ for n, m in modules
+                          if isinstance(m, FrozenLinearWrapper) and _matches(n, (t,))})
+               for t in unmatched}
+    already = {t: kinds for t, kinds in wrapped.items() if kinds}
+    if already:
+        raise ValueError(f"target_modules={target_modules!r}: {sorted(already)} already have an "
+                         f"adapter ({', '.join(sorted({k for v in already.values() for k in v}))});"
+                         " merge or remove it before adapting these layers again")
+    raise ValueError(f"target_modules={target_modules!r}: {unmatched} matched nothing; "
+                     f"every target must select an nn.Linear (linear layers are {linear[:8]}"
+                     + (" ..." if len(linear) > 8 else "") + ")")
+
+
 def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
                     factory: Callable[[nn.Linear], nn.Module]) -> list[str]:
     """Freeze ``model`` and replace each selected ``nn.Linear`` in place by ``factory(linear)``.
@@ -132,18 +154,16 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
     Raises
     ------
     ValueError
-        If nothing matches ``target_modules``; TypeError for wrong argument types or if
+        If any target of ``target_modules`` selects no ``nn.Linear`` (naming each such target,
+        and saying so when the layer already carries an adapter); TypeError for wrong argument
+        types or if
         ``factory`` does not return an ``nn.Module``. On any error the model is left unchanged:
         all replacements are built before the first one is installed.
     """
     check_instance("model", model, nn.Module)
     check_callable("factory", factory)
+    _check_every_target_matches(model, target_modules)
     names = find_linear_targets(model, target_modules)
-    if not names:
-        linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(f"target_modules={target_modules!r} matched no nn.Linear in the model; "
-                         f"linear layers are {linear_names[:8]}"
-                         + (" ..." if len(linear_names) > 8 else ""))
     modules = dict(model.named_modules())
     # Build every replacement first (the factory may raise); remember each layer's frozen state.
     old_flags = {id(p): p.requires_grad for p in model.parameters()}

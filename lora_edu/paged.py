@@ -130,6 +130,10 @@ class PagedAdamW(torch.optim.Optimizer):
     paging:
         ``True``: evict least-recently-used pages to the host when the device runs short.
         ``False``: a plain optimizer under the same budget — :class:`DeviceOutOfMemory` instead.
+    amsgrad, maximize, foreach, fused, capturable, differentiable:
+        ``torch.optim.AdamW``'s other options. Only their defaults are accepted: any other value
+        raises ``ValueError`` naming the option, since this optimizer implements the plain
+        AdamW update alone.
 
     Traffic is in :attr:`page_history` (one :class:`PageStats` per step). :meth:`state_dict`
     returns the format of ``torch.optim.AdamW`` (the states gathered into tensors), and
@@ -140,7 +144,19 @@ class PagedAdamW(torch.optim.Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, *, budget_bytes: int | None = None,
                  page_bytes: int = DEFAULT_PAGE_BYTES,
-                 min_paged_numel: int = BNB_MIN_PAGED_NUMEL, paging: bool = True) -> None:
+                 min_paged_numel: int = BNB_MIN_PAGED_NUMEL, paging: bool = True,
+                 amsgrad: bool = False, maximize: bool = False, foreach: bool | None = None,
+                 fused: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False) -> None:
+        # torch.optim.AdamW's other options, refused by name rather than ignored: this optimizer
+        # implements the plain AdamW update only (no AMSGrad, no maximisation, one code path).
+        for name, value, plain in (("amsgrad", amsgrad, False), ("maximize", maximize, False),
+                                   ("foreach", foreach, None), ("fused", fused, None),
+                                   ("capturable", capturable, False),
+                                   ("differentiable", differentiable, False)):
+            if value is not plain and value is not False:
+                raise ValueError(f"{name}={value!r} is not supported by PagedAdamW (it implements "
+                                 f"the plain AdamW update); leave {name} at its default")
         lr = check_float("lr", lr, 0.0)
         betas = _check_betas(betas)
         eps = check_float("eps", eps, 0.0)

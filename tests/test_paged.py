@@ -192,3 +192,12 @@ def test_bad_params_and_reserve():
     with pytest.raises(ValueError, match="^key"):
         opt.paged_state(opt.param_groups[0]["params"][0], "momentum")
     assert opt._reserved == 0 and opt.resident_pages == 0
+
+
+@pytest.mark.parametrize("option", ["amsgrad", "maximize", "fused", "foreach", "capturable",
+                                    "differentiable"])
+def test_adamw_options_it_does_not_implement_are_refused_by_name(option):
+    params = [torch.nn.Parameter(torch.zeros(4))]
+    with pytest.raises(ValueError, match=rf"^{option}=True is not supported by PagedAdamW"):
+        PagedAdamW(params, **{option: True})
+    PagedAdamW(params, **{option: None if option in ("fused", "foreach") else False})
