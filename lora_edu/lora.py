@@ -26,6 +26,7 @@ Reuse of a trained adapter ("仅存小矩阵A/B", source §2.2, 1):
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import math
 import os
@@ -77,6 +78,9 @@ _PEFT_CONFIG = "adapter_config.json"
 _PEFT_SAFETENSORS = "adapter_model.safetensors"
 _PEFT_BIN = "adapter_model.bin"
 _PEFT_PREFIX = "base_model.model."
+#: PEFT initialisations that rewrite the base weights as well as A and B (PiSSA, OLoRA, CorDA,
+#: LoftQ): an adapter saved with one of them is only correct on that rewritten base.
+_PEFT_INITS_THAT_CHANGE_THE_BASE = ("pissa", "olora", "corda", "loftq")
 
 
 def _check_hparams(r: object, alpha: object, dropout: object, init: object, rslora: object,
@@ -686,25 +690,34 @@ def export_peft(model: nn.Module, directory: str | os.PathLike,
 
     ``peft.PeftModel.from_pretrained(base_model, directory)`` then rebuilds the adapted model on
     the same base model. The scale s is identical (PEFT: α/r, or α/√r with ``use_rslora``).
-    Returns the paths written. Raises ``ValueError`` for what PEFT's LoRA format cannot express
+    Nothing is written until both files are serialised, and each file is renamed into place
+    from a temporary name, so a failure leaves no half-written adapter. Returns the paths
+    written. Raises ``ValueError`` for what PEFT's LoRA format cannot express
     (different dropout or scaling rule per layer, trainable tensors inside a LoRA layer other
     than A and B).
     """
     safe_serialization = check_instance("safe_serialization", safe_serialization, bool)
     directory = Path(_check_dir(directory))
     config, tensors = _peft_config_and_tensors(model)
-    directory.mkdir(parents=True, exist_ok=True)
-    config_path = directory / _PEFT_CONFIG
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # Everything is serialised before the folder is touched, and each file is written under a
+    # temporary name and renamed into place: a failure (no safetensors, a full disk) leaves no
+    # half-written adapter behind.
     if safe_serialization:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        weights_path = directory / _PEFT_SAFETENSORS
-        save_file(tensors, str(weights_path), metadata={"format": "pt"})
+        weights_name, weights = _PEFT_SAFETENSORS, save(tensors, metadata={"format": "pt"})
     else:
-        weights_path = directory / _PEFT_BIN
-        torch.save(tensors, weights_path)
-    return [config_path, weights_path]
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        weights_name, weights = _PEFT_BIN, buffer.getvalue()
+    files = {_PEFT_CONFIG: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+             weights_name: weights}
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        temporary = directory / f".{name}.partial"
+        temporary.write_bytes(data)
+        os.replace(temporary, directory / name)
+    return [directory / name for name in files]
 
 
 def _check_dir(directory: object) -> str | os.PathLike:
@@ -729,7 +742,9 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, strict: bool = T
     match. The ``modules_to_save`` tensors are copied into the model's modules of those names and
     made trainable. Then the same checks as :func:`load_lora`. Raises ``ValueError`` for a
     config this library cannot represent (not ``peft_type "LORA"``, DoRA, trained biases,
-    ``fan_in_fan_out``) and for every mismatch with the model.
+    ``fan_in_fan_out``), for an adapter whose ``init_lora_weights`` made PEFT rewrite the base
+    weights (PiSSA, OLoRA, CorDA, LoftQ: its tensors fit that rewritten base, not ``model``), and
+    for every mismatch with the model.
     """
     _check_model(model)
     strict = check_instance("strict", strict, bool)
@@ -737,6 +752,12 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, strict: bool = T
     config = json.loads((directory / _PEFT_CONFIG).read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"directory holds a {config.get('peft_type')!r} adapter, not 'LORA'")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(_PEFT_INITS_THAT_CHANGE_THE_BASE):
+        raise ValueError(f"directory's adapter has init_lora_weights={init!r}: PEFT changes the "
+                         "base weights for this initialisation (W0 minus the initial B·A), so "
+                         "these tensors belong to a modified base model, not to the model given; "
+                         "lora_edu does not rebuild that base")
     for key, ok in (("use_dora", False), ("fan_in_fan_out", False), ("bias", "none"),
                     ("lora_bias", False)):
         if config.get(key, ok) != ok:

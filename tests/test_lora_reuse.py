@@ -571,3 +571,28 @@ def test_export_peft_refuses_what_peft_cannot_express(tmp_path):
     lora_layers(model)["blocks.0.attn.q_proj"].base.bias.requires_grad_(True)
     with pytest.raises(ValueError, match="blocks.0.attn.q_proj"):
         export_peft(model, tmp_path)
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "olora", "corda", "loftq"])
+def test_import_peft_refuses_an_adapter_whose_init_rewrote_the_base(tmp_path, init):
+    """PEFT saves a PiSSA/OLoRA/CorDA/LoftQ adapter for a base it modified; loading it onto the
+    unchanged base would be silently wrong, so it is refused with the init named."""
+    export_peft(trained_toy(), tmp_path / "adapter")
+    config_path = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["init_lora_weights"] = init
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"init_lora_weights={init!r}"):
+        import_peft(TinyTransformer(), tmp_path / "adapter")
+
+
+def test_export_peft_leaves_nothing_behind_when_it_cannot_serialise(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)     # as if not installed
+    with pytest.raises(ImportError):
+        export_peft(trained_toy(), tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists()
+    written = export_peft(trained_toy(), tmp_path / "adapter_bin", safe_serialization=False)
+    assert sorted(p.name for p in (tmp_path / "adapter_bin").iterdir()) == sorted(
+        p.name for p in written)                                      # no temporary file left
