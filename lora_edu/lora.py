@@ -25,6 +25,7 @@ Reuse of a trained adapter ("仅存小矩阵A/B", source §2.2, 1):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -515,17 +516,48 @@ def _check_path(path: object) -> str | os.PathLike:
 def save_lora(model: nn.Module, path: str | os.PathLike) -> int:
     """Save the adapter — every trainable tensor and the configuration — to ``path``.
 
-    The file (``torch.save``) holds a dict ``{"config": adapter_config(model), "lora": the A/B
-    matrices (lora_state_dict), "trainable": every other parameter with requires_grad=True, by
-    name}``: an adapter trained together with a new classifier head (see :func:`apply_lora`)
-    needs the head to reproduce the model. Frozen tensors are not saved: load the file into the
-    same base model. Returns the file size in bytes.
+    The file (``torch.save``) holds a dict ``{"config": adapter_config(model) with a SHA-256
+    checksum of every saved tensor under "checksums", "lora": the A/B matrices
+    (lora_state_dict), "trainable": every other parameter with requires_grad=True, by name}``:
+    an adapter trained together with a new classifier head (see :func:`apply_lora`) needs the
+    head to reproduce the model. Frozen tensors are not saved: load the file into the same base
+    model. Returns the file size in bytes.
     """
     _check_path(path)
-    config = adapter_config(model)
+    config = dict(adapter_config(model))
+    lora = lora_state_dict(model)
     trainable = {n: p.detach().clone() for n, p in _other_trainable(model).items()}
-    torch.save({"config": config, "lora": lora_state_dict(model), "trainable": trainable}, path)
+    config["checksums"] = {f"{part}.{name}": _tensor_checksum(t)
+                           for part, tensors in (("lora", lora), ("trainable", trainable))
+                           for name, t in tensors.items()}
+    torch.save({"config": config, "lora": lora, "trainable": trainable}, path)
     return os.path.getsize(path)
+
+
+def _tensor_checksum(tensor: Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes (hex): :func:`save_lora` stores one per
+    tensor so that :func:`load_lora` can tell a damaged file from a good one."""
+    t = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _verify_checksums(obj: Mapping, source: str) -> None:
+    """``ValueError`` naming every tensor of a :func:`save_lora` file whose bytes no longer
+    match the checksum stored beside them."""
+    stored = obj["config"].get("checksums")
+    if stored is None:
+        return
+    bad = []
+    for part in ("lora", "trainable"):
+        for name, tensor in obj[part].items():
+            if stored.get(f"{part}.{name}") != _tensor_checksum(tensor):
+                bad.append(name)
+    missing = sorted(set(stored) - {f"{p}.{n}" for p in ("lora", "trainable") for n in obj[p]})
+    if bad or missing:
+        raise ValueError(f"{source} is damaged: the bytes of {bad} do not match their stored "
+                         f"checksums" + (f"; tensors {missing} are missing" if missing else ""))
 
 
 def _check_layer_settings(layers: Mapping[str, LoRALinear], saved: Mapping[str, Mapping],
@@ -595,6 +627,9 @@ def load_lora(model: nn.Module, path: str | os.PathLike, strict: bool = True) ->
     not change what a loaded adapter computes), none of them merged; every other saved tensor
     must exist in the model with the same shape, and becomes trainable again. A trainable tensor
     of the model that the file lacks raises (``strict=True``) or warns (``strict=False``).
+    Every tensor's SHA-256 checksum, stored by :func:`save_lora`, is checked first: a damaged
+    file raises ``ValueError`` naming the tensors whose bytes changed. (A PEFT adapter folder
+    carries no checksums: :func:`import_peft` cannot tell damaged tensors from good ones.)
     Raises ``ValueError`` naming every mismatch; nothing is copied unless all checks pass.
     """
     _check_path(path)
@@ -608,6 +643,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike, strict: bool = True) ->
         raise ValueError(f"path {os.fspath(path)!r} has adapter format version "
                          f"{config.get('format_version')!r}; this lora_edu reads version "
                          f"{ADAPTER_FORMAT_VERSION}")
+    _verify_checksums(obj, f"path {os.fspath(path)!r}")
     _load_adapter(model, config["layers"], obj["lora"], obj["trainable"], strict,
                   "the adapter file")
     return dict(config)
@@ -744,7 +780,8 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, strict: bool = T
     config this library cannot represent (not ``peft_type "LORA"``, DoRA, trained biases,
     ``fan_in_fan_out``), for an adapter whose ``init_lora_weights`` made PEFT rewrite the base
     weights (PiSSA, OLoRA, CorDA, LoftQ: its tensors fit that rewritten base, not ``model``), and
-    for every mismatch with the model.
+    for every mismatch with the model. PEFT's format stores no checksums, so unlike
+    :func:`load_lora` this cannot tell damaged tensor bytes from good ones.
     """
     _check_model(model)
     strict = check_instance("strict", strict, bool)

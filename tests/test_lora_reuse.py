@@ -398,8 +398,10 @@ def test_adapter_file_holds_the_config(tmp_path):
     path = tmp_path / "adapter.pt"
     size = save_lora(model, path)
     obj = torch.load(path, weights_only=True)
-    config = obj["config"]
+    config = dict(obj["config"])
+    checksums = config.pop("checksums")                  # one per saved tensor, beside the config
     assert config == adapter_config(model)
+    assert len(checksums) == len(obj["lora"]) + len(obj["trainable"])
     assert config["format"] == ADAPTER_FORMAT
     assert config["lora_edu_version"] == lora_edu.__version__ == version("lora-edu")
     names = [f"blocks.{i}.attn.{p}" for i in range(2) for p in ("q_proj", "v_proj")]
@@ -596,3 +598,32 @@ def test_export_peft_leaves_nothing_behind_when_it_cannot_serialise(tmp_path, mo
     written = export_peft(trained_toy(), tmp_path / "adapter_bin", safe_serialization=False)
     assert sorted(p.name for p in (tmp_path / "adapter_bin").iterdir()) == sorted(
         p.name for p in written)                                      # no temporary file left
+
+
+def test_a_damaged_adapter_file_is_refused_naming_the_tensor(tmp_path):
+    """Bytes changed inside a saved tensor (64 of them) are caught by the stored checksums."""
+    model = trained_toy()
+    path = tmp_path / "adapter.pt"
+    save_lora(model, path)
+    obj = torch.load(path, weights_only=True)
+    name = sorted(obj["lora"])[0]
+    damaged = obj["lora"][name].clone()
+    raw = damaged.view(-1).view(torch.uint8)
+    raw[:64] ^= 0xFF                                   # flip 64 bytes of the tensor's data
+    obj["lora"][name] = damaged
+    torch.save(obj, path)
+    fresh = apply_lora(TinyTransformer(), ["q_proj", "v_proj"], r=4, alpha=8.0)
+    with pytest.raises(ValueError, match=re.escape(repr([name]))):
+        load_lora(fresh, path)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in fresh.named_parameters()
+               if n.endswith("lora_B"))                  # nothing was copied
+
+
+def test_checksums_pass_for_a_good_file_and_every_tensor_has_one(tmp_path):
+    model = trained_toy()
+    save_lora(model, tmp_path / "a.pt")
+    obj = torch.load(tmp_path / "a.pt", weights_only=True)
+    assert set(obj["config"]["checksums"]) == (
+        {f"lora.{n}" for n in obj["lora"]} | {f"trainable.{n}" for n in obj["trainable"]})
+    fresh = apply_lora(TinyTransformer(), ["q_proj", "v_proj"], r=4, alpha=8.0)
+    load_lora(fresh, tmp_path / "a.pt")
