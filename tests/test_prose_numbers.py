@@ -9,13 +9,16 @@ leave behind, and fails here.
 
 from __future__ import annotations
 
-import json
 import re
+import sys
 from collections import Counter
 
 import pytest
 import yaml
 from helpers import ROOT, markdown_blocks, page_path, toc_files, typed_decimals
+
+sys.path.insert(0, str(ROOT / "book"))
+import ledger  # noqa: E402  (book/ledger.py reads glued values as MyST-NB's glue role does)
 
 QUOTED = ROOT / "book" / "quoted_numbers.yml"
 MAX_QUOTED_PER_PAGE = 20    # a short list: most numbers belong in a glue role
@@ -59,12 +62,7 @@ def test_glue_roles_name_values_stored_on_the_same_page():
         path = page_path(page)
         if path.suffix != ".ipynb":
             continue
-        keys = set()
-        for cell in json.loads(path.read_text())["cells"]:
-            for output in cell.get("outputs", []):
-                name = output.get("metadata", {}).get("scrapbook", {}).get("name")
-                if name:
-                    keys.add(name)
+        keys = set(ledger.glued_values(path.stem, path.parent))
         for block in markdown_blocks(page):
             for ref in role.findall(block):
                 key = ref.rsplit(":", 1)[0] if re.search(r":[^:]*[a-zA-Z%]$", ref) else ref
