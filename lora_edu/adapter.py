@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lora_edu.checks import check_float, check_instance, check_int, check_one_of
-from lora_edu.inject import FrozenLinearWrapper, inject_adapters
+from lora_edu.inject import FrozenLinearWrapper, check_layer_input, inject_adapters
 
 __all__ = ["ADAPTER_INITS", "NONLINEARITIES", "HoulsbyAdapter", "SerialAdapterLinear",
            "adapter_params", "apply_adapters", "adapter_layers"]
@@ -131,7 +131,8 @@ class SerialAdapterLinear(FrozenLinearWrapper):
         self.adapter = adapter
 
     def forward(self, x: Tensor) -> Tensor:
-        """adapter(W0·x + b)."""
+        """adapter(W0·x + b); ``x`` checked once (:func:`lora_edu.inject.check_layer_input`)."""
+        check_layer_input(x, self.in_features, self.base.weight)
         return self.adapter(self.base(x))
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from lora_edu.checks import check_callable, check_instance
 
-__all__ = ["BaseLayerWidths", "FrozenLinearWrapper", "inject_adapters", "count_parameters",
-           "find_linear_targets", "normalize_targets"]
+__all__ = ["BaseLayerWidths", "FrozenLinearWrapper", "inject_adapters", "replace_module",
+           "count_parameters", "find_linear_targets", "normalize_targets", "add_low_rank_bypass",
+           "check_layer_input"]
 
 
 class BaseLayerWidths:
@@ -59,6 +61,66 @@ class FrozenLinearWrapper(BaseLayerWidths, nn.Module):
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
+
+
+def check_layer_input(x: object, in_features: int, weight: Tensor, name: str = "x", *,
+                      any_float: bool = False) -> Tensor:
+    """Check the input of an adapter layer's forward pass once, before any product is formed.
+
+    ``x`` must be a floating ``torch.Tensor`` whose last dimension is the layer's k
+    (``in_features``), on the device of ``weight`` (a ``meta`` tensor or a tensor on another
+    device is refused), and, unless ``any_float`` (a layer that casts its input itself, like the
+    4-bit base) or ``torch.autocast`` is active, of ``weight``'s dtype — the rule of
+    ``nn.Linear``, stated in the error instead of as a matmul's "mat1 and mat2" message.
+
+    Raises ``TypeError`` for a wrong type or dtype and ``ValueError`` for a wrong shape or device,
+    naming ``name``; returns ``x``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"{name} must have last dimension in_features={in_features}, got shape "
+                         f"{tuple(x.shape)}")
+    if x.device != weight.device:
+        raise ValueError(f"{name} is on device {x.device}, the layer's weights on {weight.device}; "
+                         f"move one of them (x.to({str(weight.device)!r}))")
+    if (not any_float and x.dtype != weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(f"{name} has dtype {x.dtype}, the layer's weights {weight.dtype}; cast one "
+                        f"of them (x.to({weight.dtype})) or run under torch.autocast")
+    return x
+
+
+def add_low_rank_bypass(h: Tensor, x: Tensor, down: Tensor, up: Tensor,
+                        scale: float | Tensor) -> Tensor:
+    """h + up·(scale ⊙ (down·x)): the low-rank bypass of LoRA, AdaLoRA and QLoRA, out of place.
+
+    With ``down`` = A ∈ ℝ^{r×k}, ``up`` = B ∈ ℝ^{d×r} and a number ``scale`` = s = α/r this is
+    LoRA's h = W0·x + b + s·B·(A·x) (source §2.1 (2)), given h = W0·x + b; with ``down`` = Q,
+    ``up`` = P and the vector ``scale`` = s·λ (shape (r,)) it is AdaLoRA's s·P·Λ·Q·x (source §3.2
+    (1)); QLoRA passes the output of its 4-bit base as ``h`` (source §4.3 (2)).
+
+    Two skinny products, never the d×k matrix up·down: "降维" (k → r) then "升维" (r → d). The rows
+    of ``x`` (shape (..., k)) are taken as the columns of X (k × n); the scale is applied to the
+    small (r × n) product. ``h`` (shape (..., d)) is never modified: the sum is a new tensor, so a
+    forward hook on the base layer sees the base output alone, and autograd's saved tensors are
+    never overwritten. The bypass is computed in the adapter's dtype (or the autocast dtype) and
+    added to ``h`` in ``h``'s dtype, fused into one ``addmm`` when the two dtypes agree.
+    """
+    cols = x.reshape(-1, down.shape[1]).t()                  # X: (k × n)
+    small = torch.mm(down, cols.to(down.dtype))              # 降维: down·X, (r × n)
+    if isinstance(scale, Tensor):
+        small = small * scale.unsqueeze(1)                   # a scale per rank (AdaLoRA: s·λ)
+    else:
+        small = small * scale
+    flat = h.reshape(-1, up.shape[0])                        # (n × d)
+    if flat.dtype == small.dtype == up.dtype:
+        out = torch.addmm(flat, small.t(), up.t())           # 升维 and the sum, one fused GEMM
+    else:
+        out = flat + torch.mm(small.t(), up.t()).to(flat.dtype)
+    return out.view(h.shape)
 
 
 def normalize_targets(target_modules: str | Sequence[str]) -> tuple[str, ...]:
@@ -180,10 +242,29 @@ def inject_adapters(model: nn.Module, target_modules: str | Sequence[str],
     for p in model.parameters():
         p.requires_grad_(False)
     for name, new in replacements.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name] if parent_name else model
-        setattr(parent, child, new)
+        replace_module(model, name, new)
     return names
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` where the submodule called ``name`` (a dotted path) of ``model`` is.
+
+    The one place the library swaps a layer for its replacement (an adapter layer, or a merged
+    ``nn.Linear`` after merging). A name that is not a submodule raises ``ValueError``; a
+    ``name`` that is not a str or a ``new`` that is not an ``nn.Module`` raises ``TypeError``.
+    """
+    check_instance("model", model, nn.Module)
+    check_instance("name", name, str)
+    check_instance("new", new, nn.Module)
+    if not name:
+        raise ValueError("name must be a submodule's dotted name, got ''")
+    parent_name, _, child = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name)
+        parent.get_submodule(child)
+    except AttributeError:
+        raise ValueError(f"name={name!r} is not a submodule of the model") from None
+    setattr(parent, child, new)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

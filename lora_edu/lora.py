@@ -48,7 +48,14 @@ from lora_edu.checks import (
     check_one_of,
     check_probability,
 )
-from lora_edu.inject import FrozenLinearWrapper, find_linear_targets, inject_adapters
+from lora_edu.inject import (
+    FrozenLinearWrapper,
+    add_low_rank_bypass,
+    check_layer_input,
+    find_linear_targets,
+    inject_adapters,
+    replace_module,
+)
 
 __all__ = [
     "LoRALinear",
@@ -202,52 +209,22 @@ class LoRALinear(FrozenLinearWrapper):
         """s·ΔW = s·B·A, shape (d, k): the scaled update that :meth:`merge` adds to W0."""
         return self.scaling * (self.lora_B @ self.lora_A)
 
-    def _base_call_is_plain(self) -> bool:
-        """True if ``self.base(x)`` would run exactly ``F.linear(x, W0, b)`` and nothing else: an
-        ``nn.Linear`` itself (no subclass, no patched forward) without hooks, and no global
-        module hooks (the conditions of ``nn.Module.__call__``'s own shortcut)."""
-        base = self.base
-        if type(base) is not nn.Linear or "forward" in base.__dict__:
-            return False
-        if (base._forward_hooks or base._forward_pre_hooks or base._backward_hooks
-                or base._backward_pre_hooks):
-            return False
-        hooks = torch.nn.modules.module
-        return not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks
-                    or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
-
     def forward(self, x: Tensor) -> Tensor:
         """h = W0·x + b + s·B·(A·dropout(x)); after :meth:`merge` just the (merged) base layer.
 
-        The base layer's output is never modified. When calling ``self.base`` would do nothing
-        but W0·x + b (a plain ``nn.Linear``, no hooks), that product is computed here into a
-        tensor only this call holds, and the bypass is accumulated into it in place by one fused
-        ``addmm_``; otherwise ``self.base(x)`` is called (its hooks see W0·x + b) and the bypass
-        is added out of place (``addmm``, one extra copy of the output). Works under
-        ``torch.autocast`` and with float16/bfloat16 weights. :meth:`reference_forward` is the
-        formula written plainly; the tests check both paths against it. While merged, the bypass
-        is not evaluated, so A and B receive no gradient.
+        ``self.base(x)`` is called as it is (its hooks see W0·x + b) and the bypass is added out
+        of place by :func:`lora_edu.inject.add_low_rank_bypass`, the helper the AdaLoRA and QLoRA
+        layers share. Works under ``torch.autocast`` and with float16/bfloat16 weights. ``x`` is
+        checked once (:func:`lora_edu.inject.check_layer_input`: a floating tensor of the
+        weights' dtype and device with last dimension k). :meth:`reference_forward` is the formula
+        written with two ``F.linear`` calls; the tests check the two agree. While merged, the
+        bypass is not evaluated, so A and B receive no gradient.
         """
+        check_layer_input(x, self.in_features, self.base.weight)
         if self._merged:
             return self.base(x)
-        plain = self._base_call_is_plain()
-        out = F.linear(x, self.base.weight, self.base.bias) if plain else self.base(x)
-        a, b = self.lora_A, self.lora_B
-        # Rows of x as columns X (k × n). A: 降维, A·X is (r × n); s is folded into this small
-        # product. (A·X rather than X^T·A^T: the skinny GEMM runs ≈ 2× faster in this layout.)
-        cols = self.dropout(x).reshape(-1, self.in_features).t()
-        down = torch.mm(a, cols.to(a.dtype)) * self.scaling
-        # B: 升维, (B·down)^T added to W0·x + b. Under autocast both products run in the autocast
-        # dtype; otherwise the bypass is cast to the output's dtype (a no-op when A, B and W0
-        # share it).
-        flat = out.reshape(-1, self.out_features)
-        up_in, up_w = down.t().to(flat.dtype), b.t().to(flat.dtype)
-        if plain:
-            # `out` exists only in this call, and F.linear's backward does not need it: update it
-            # in place (one fused GEMM, no copy of the output)
-            flat.addmm_(up_in, up_w)
-            return out
-        return torch.addmm(flat, up_in, up_w).view(out.shape)
+        return add_low_rank_bypass(self.base(x), self.dropout(x), self.lora_A, self.lora_B,
+                                   self.scaling)
 
     def reference_forward(self, x: Tensor) -> Tensor:
         """The formula as written, h = W0·x + b + s·B·(A·dropout(x)), with two ``F.linear`` calls
@@ -381,10 +358,8 @@ def merge_lora(model: nn.Module, replace: bool = True) -> nn.Module:
     for layer in layers.values():
         layer.merge()
     if replace:
-        modules = dict(model.named_modules())
         for name, layer in layers.items():
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, child, layer.base)
+            replace_module(model, name, layer.base)
     return model
 
 
@@ -850,8 +825,7 @@ def import_peft(model: nn.Module, directory: str | os.PathLike, strict: bool = T
         _load_adapter(model, saved, lora, others, strict, source)
     except BaseException:  # leave the model as it was: the original layers, the same flags
         for name in names:
-            parent_name, _, child = name.rpartition(".")
-            setattr(modules[parent_name] if parent_name else model, child, modules[name])
+            replace_module(model, name, modules[name])
         for p in model.parameters():
             p.requires_grad_(flags[id(p)])
         raise

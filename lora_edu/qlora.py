@@ -44,7 +44,14 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from lora_edu.checks import check_instance, check_int, check_one_of, check_power_of_two
-from lora_edu.inject import BaseLayerWidths, inject_adapters, normalize_targets
+from lora_edu.inject import (
+    BaseLayerWidths,
+    add_low_rank_bypass,
+    check_layer_input,
+    inject_adapters,
+    normalize_targets,
+    replace_module,
+)
 from lora_edu.lora import LoRALinear
 from lora_edu.quant import (
     MAX_BLOCKSIZE,
@@ -288,21 +295,15 @@ class QLoRALinear(BaseLayerWidths, nn.Module):
         """h = Ŵ0·x + b + s·B·(A·dropout(x)) (source §4.3 (2)), in ``x``'s dtype.
 
         The base term is computed in the compute dtype from a weight dequantized for this call
-        only (:class:`NF4Linear`); the bypass in the adapter's dtype, as two skinny products with
-        s folded into the small one (A·x: r × n). When the base output and the adapter share a
-        dtype, the bypass is accumulated into the base output in place (one fused ``addmm_``:
-        that tensor exists only in this call); otherwise it is cast and added.
+        only (:class:`NF4Linear`); the bypass in the adapter's dtype, added out of place by
+        :func:`lora_edu.inject.add_low_rank_bypass` (the helper of every LoRA-type layer), so a
+        hook on ``self.base`` sees the base output alone. ``x`` may be any floating dtype on the
+        adapter's device (it is cast, as the 4-bit base casts it).
         :meth:`reference_forward` is the formula written plainly; the tests compare the two.
         """
-        h = self.base(x)
-        a, b = self.lora_A, self.lora_B
-        cols = self.dropout(x).reshape(-1, self.in_features).t()
-        down = torch.mm(a, cols.to(a.dtype)) * self.scaling        # 降维: (r × n)
-        flat = h.reshape(-1, self.out_features)
-        if flat.dtype == b.dtype:
-            flat.addmm_(down.t(), b.t())                             # 升维, added in place
-            return h
-        return (flat + torch.mm(down.t(), b.t()).to(flat.dtype)).view(h.shape)
+        check_layer_input(x, self.in_features, self.lora_A, any_float=True)
+        return add_low_rank_bypass(self.base(x), self.dropout(x), self.lora_A, self.lora_B,
+                                   self.scaling)
 
     def reference_forward(self, x: Tensor) -> Tensor:
         """The formula as written, h = Ŵ0·x + b + s·B·(A·dropout(x)), with two ``F.linear``
@@ -552,8 +553,6 @@ def merge_qlora(model: nn.Module, into: str = "16bit",
         adapted = tuple(f"{name}." for name in layers)
         replacements.update({name: m.linear(dtype) for name, m in model.named_modules()
                              if isinstance(m, NF4Linear) and not name.startswith(adapted)})
-    modules = dict(model.named_modules())
     for name, new in replacements.items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, child, new)
+        replace_module(model, name, new)
     return model

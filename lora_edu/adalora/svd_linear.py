@@ -44,7 +44,14 @@ from torch import Tensor, nn
 
 from lora_edu.adalora.allocator import find_svd_modules
 from lora_edu.checks import check_float, check_instance, check_int, check_tensor
-from lora_edu.inject import FrozenLinearWrapper, inject_adapters, normalize_targets
+from lora_edu.inject import (
+    FrozenLinearWrapper,
+    add_low_rank_bypass,
+    check_layer_input,
+    inject_adapters,
+    normalize_targets,
+    replace_module,
+)
 
 __all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_adalora",
            "merge_adalora"]
@@ -164,17 +171,17 @@ class SVDLinear(FrozenLinearWrapper):
         return self.scaling * (self.lora_P * self.effective_lambda()) @ self.lora_Q
 
     def forward(self, x: Tensor) -> Tensor:
-        # two skinny products, never materialising ΔW: Q·X (r × n, rows of x as columns X) is
-        # scaled row-wise by s·λ, then P·(…) is accumulated into W0·x + b by one in-place GEMM
-        # (the layout of lora_edu.lora.LoRALinear: ≈ 1.5× faster than x·Qᵀ on small layers;
-        # the base output is not saved by autograd, so updating it in place is safe). Nothing
-        # here writes into a parameter or buffer.
-        lam = self.effective_lambda()
-        cols = x.reshape(-1, self.in_features).t()
-        down = torch.mm(self.lora_Q, cols) * (self.scaling * lam).unsqueeze(1)
-        out = self.base(x)
-        out.view(-1, self.out_features).addmm_(down.t(), self.lora_P.t())
-        return out
+        """h = W0·x + b + s·P·diag(λ)·Q·x with λ = :meth:`effective_lambda`.
+
+        Two skinny products, never ΔW: Q·x (r values per row of x) scaled by s·λ, then P·(…),
+        added out of place to ``self.base(x)`` by :func:`lora_edu.inject.add_low_rank_bypass`
+        (the helper LoRA and QLoRA share), so a hook on ``self.base`` sees W0·x + b alone and
+        ``torch.autocast`` works. Nothing here writes into a parameter or buffer. ``x`` is checked
+        once (:func:`lora_edu.inject.check_layer_input`).
+        """
+        check_layer_input(x, self.in_features, self.base.weight)
+        scale = self.scaling * self.effective_lambda()
+        return add_low_rank_bypass(self.base(x), x, self.lora_Q, self.lora_P, scale)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
@@ -270,6 +277,5 @@ def merge_adalora(model: nn.Module) -> nn.Module:
         raise ValueError("model holds no SVDLinear layer to merge")
     replacements = {name: _merged_base(layer) for name, layer in layers.items()}
     for name, new in replacements.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
+        replace_module(model, name, new)
     return model
