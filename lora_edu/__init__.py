@@ -15,7 +15,7 @@ One import path per public name — the concept's module or package::
     from lora_edu.adalora import RankAllocator                  # chapter 7
     from lora_edu.adapter import apply_adapters                 # chapter 8 (Houlsby adapters)
     from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
-    from lora_edu.checks import check_int                       # argument checks
+    from lora_edu.checks import check_int                       # argument checks, check_seed
 
 Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``,
 ``paged``, ``pretrained``) never import composite ones (``lora``, ``toy``, ``adapter``;
@@ -29,7 +29,7 @@ import random
 import numpy as np
 import torch
 
-from lora_edu.checks import check_int
+from lora_edu.checks import check_int, check_seed
 
 __all__ = ["seed_everything", "DEFAULT_SEED", "DEFAULT_THREADS", "__version__"]
 __version__ = "0.1.0"
@@ -59,7 +59,7 @@ def seed_everything(seed: int = DEFAULT_SEED, threads: int | None = DEFAULT_THRE
     Returns the seed, so a notebook can print what it used. Results are reproducible on one
     machine; another CPU's kernels can still change the last bits (see the README).
     """
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    seed = check_seed("seed", seed)
     if threads is not None:
         threads = check_int("threads", threads, 1)
     if not isinstance(deterministic, bool):

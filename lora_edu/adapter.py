@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lora_edu.checks import check_float, check_instance, check_int, check_one_of
+from lora_edu.checks import check_float, check_instance, check_int, check_one_of, check_seed
 from lora_edu.inject import FrozenLinearWrapper, check_layer_input, inject_adapters
 
 __all__ = ["ADAPTER_INITS", "NONLINEARITIES", "HoulsbyAdapter", "SerialAdapterLinear",
@@ -156,7 +156,7 @@ def apply_adapters(model: nn.Module, target_modules: str | Sequence[str] = ("o_p
     check_float("init_std", init_std, 0.0, min_inclusive=False)
     generator = None
     if seed is not None:
-        generator = torch.Generator().manual_seed(check_int("seed", seed, 0, 2**63 - 1))
+        generator = torch.Generator().manual_seed(check_seed("seed", seed))
 
     def factory(linear: nn.Linear) -> nn.Module:
         return SerialAdapterLinear(linear, bottleneck, nonlinearity=nonlinearity, init=init,

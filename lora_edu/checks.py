@@ -16,7 +16,8 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
-__all__ = ["check_callable", "check_int", "check_float", "check_probability", "check_power_of_two",
+__all__ = ["MAX_SEED", "check_seed", "check_callable", "check_int", "check_float",
+           "check_probability", "check_power_of_two",
            "check_tensor", "check_one_of", "check_instance", "check_sorted_descending"]
 
 
@@ -40,6 +41,16 @@ def check_int(name: str, value: object, minimum: int | None = None,
         lower = f">= {minimum} and " if minimum is not None else ""
         raise ValueError(f"{name} must be an int {lower}<= {maximum}, got {value}")
     return value
+
+
+#: The largest seed the library accepts: every random generator it seeds takes [0, 2**32 − 1]
+#: (numpy's legacy ``np.random.seed`` is the narrowest; torch's ``manual_seed`` takes 64 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(name: str, value: object) -> int:
+    """A seed: an ``int`` in ``[0, MAX_SEED]`` = ``[0, 2**32 − 1]``, the one range used."""
+    return check_int(name, value, 0, MAX_SEED)
 
 
 def check_float(name: str, value: object, minimum: float | None = None,

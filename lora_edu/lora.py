@@ -47,6 +47,7 @@ from lora_edu.checks import (
     check_int,
     check_one_of,
     check_probability,
+    check_seed,
 )
 from lora_edu.inject import (
     FrozenLinearWrapper,
@@ -307,7 +308,7 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str], r: int, al
     """
     r, alpha, dropout, init, rslora, _ = _check_hparams(r, alpha, dropout, init, rslora)
     if seed is not None:
-        seed = check_int("seed", seed, 0, 2**64 - 1)
+        seed = check_seed("seed", seed)
     _check_model(model)
     modules = dict(model.named_modules())
     names = find_linear_targets(model, target_modules)
@@ -421,9 +422,9 @@ def _check_lora_state(layers: Mapping[str, LoRALinear], state: object) -> dict[s
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     if missing:
-        raise KeyError(f"state is missing adapter keys {missing}")
+        raise ValueError(f"state is missing adapter keys {missing}")
     if extra:
-        raise KeyError(f"state has unexpected keys {extra}")
+        raise ValueError(f"state has unexpected keys {extra}")
     for key, param in expected.items():
         value = state[key]
         if not isinstance(value, Tensor):
@@ -443,7 +444,7 @@ def _check_not_merged(layers: Mapping[str, LoRALinear]) -> None:
 def load_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Copy LoRA matrices (as from :func:`lora_state_dict`) into ``model``'s LoRA layers, strictly.
 
-    Raises ``KeyError`` naming missing or unexpected keys, ``ValueError`` naming a key whose shape
+    Raises ``ValueError`` naming missing or unexpected keys or a key whose shape
     differs, ``TypeError`` for a non-tensor value, and ``ValueError`` if a target layer is merged
     (unmerge first). Everything is checked before anything is copied.
     """

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from lora_edu.checks import check_float, check_instance, check_int, check_one_of
+from lora_edu.checks import check_float, check_instance, check_int, check_one_of, check_seed
 from lora_edu.lora import INITS, apply_lora, lora_layers
 from lora_edu.toy import Task, evaluate, pretrained_toy_model, train
 
@@ -110,7 +110,6 @@ PAPER_TABLE7 = MappingProxyType({
 #: LoRA paper Table 7: ‖W_q‖_F of GPT-3's 48th layer.
 PAPER_W_Q_NORM = 61.95
 
-_MAX_SEED = 2**64 - 1
 
 
 def _check_placement(placement: object, allow_full: bool = False) -> str:
@@ -237,7 +236,7 @@ def finetune(placement: str, r: int | None, seed: int, *, task: Task, alpha: flo
     r:
         LoRA rank, an int in 1 … min(d, k); ``None`` for full fine-tuning.
     seed, pretrained_seed:
-        Ints in [0, 2**64 − 1].
+        Ints in [0, 2**32 − 1].
     pretrain_steps:
         Pre-training steps of the body (int ≥ 0; 200, the book's pre-trained model, by default).
     task:
@@ -266,7 +265,7 @@ def finetune(placement: str, r: int | None, seed: int, *, task: Task, alpha: flo
         r = check_int("r", r, 1)
         alpha = float(r) if alpha is None else check_float("alpha", alpha, 0.0,
                                                             min_inclusive=False)
-    seed = check_int("seed", seed, 0, _MAX_SEED)
+    seed = check_seed("seed", seed)
     check_instance("task", task, Task)
     lr = check_float("lr", lr, 0.0, min_inclusive=False)
     steps = check_int("steps", steps, 1)
@@ -274,7 +273,7 @@ def finetune(placement: str, r: int | None, seed: int, *, task: Task, alpha: flo
     n_val = check_int("n_val", n_val, 0)
     check_instance("rslora", rslora, bool)
     init = check_one_of("init", init, INITS)
-    pretrained_seed = check_int("pretrained_seed", pretrained_seed, 0, _MAX_SEED)
+    pretrained_seed = check_seed("pretrained_seed", pretrained_seed)
     pretrain_steps = check_int("pretrain_steps", pretrain_steps, 0)
     check_instance("keep_weights", keep_weights, bool)
     fit = _split(task, n_val)

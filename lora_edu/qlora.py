@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from lora_edu.checks import check_instance, check_int, check_one_of, check_power_of_two
+from lora_edu.checks import check_instance, check_int, check_one_of, check_power_of_two, check_seed
 from lora_edu.inject import (
     BaseLayerWidths,
     add_low_rank_bypass,
@@ -468,7 +468,7 @@ def prepare_qlora(model: nn.Module, target_modules: str | Sequence[str], r: int,
     compute_dtype = _check_compute_dtype(compute_dtype)
     blocksize, double_quant, blocksize2 = _check_quant_args(blocksize, double_quant, blocksize2)
     if seed is not None:
-        seed = check_int("seed", seed, 0, 2**64 - 1)
+        seed = check_seed("seed", seed)
     adapted = _check_targets_are_linear(model, targets, "target_modules")
     only: list[str] = []
     if quantize_only is not None:

@@ -57,7 +57,8 @@ def formula(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     w, b = base_weight(layer)
     x = x.double()
     if isinstance(layer, SVDLinear):
-        delta = layer.lora_P.double() @ torch.diag(layer.lora_lambda.double()) @ layer.lora_Q.double()
+        lam = torch.diag(layer.lora_lambda.double())
+        delta = layer.lora_P.double() @ lam @ layer.lora_Q.double()
     else:
         delta = layer.lora_B.double() @ layer.lora_A.double()
     return x @ (w + layer.scaling * delta).t() + b

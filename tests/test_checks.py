@@ -76,3 +76,56 @@ def test_tensor_checks_pass_good_tensors_through_unchanged():
     assert check_tensor("w", t, (1, 2), floating=True, finite=True) is t
     s = torch.tensor([3.0, 2.0, 2.0, 0.0])
     assert check_sorted_descending("sigma", s) is s
+
+
+# ------------------------------------------------------------------ one seed range everywhere
+
+def _seed_takers():
+    """Every public function that takes a seed, called with only the seed varying."""
+    from torch import nn
+
+    from lora_edu import seed_everything
+    from lora_edu.adalora import apply_adalora
+    from lora_edu.adapter import apply_adapters
+    from lora_edu.lora import apply_lora
+    from lora_edu.qlora import prepare_qlora
+    from lora_edu.toy import TinyTransformer, batch_order, make_field_task
+
+    def small():
+        return nn.Sequential(nn.Linear(8, 8))
+
+    return {
+        "seed_everything": lambda s: seed_everything(s, threads=None),
+        "apply_lora": lambda s: apply_lora(small(), "0", r=2, alpha=4, seed=s),
+        "apply_adalora": lambda s: apply_adalora(small(), "0", r=2, seed=s),
+        "apply_adapters": lambda s: apply_adapters(small(), "0", bottleneck=2, seed=s),
+        "prepare_qlora": lambda s: prepare_qlora(nn.Sequential(nn.Linear(64, 8)), "0", r=2,
+                                                 alpha=4, seed=s),
+        "TinyTransformer": lambda s: TinyTransformer(seed=s),
+        "batch_order": lambda s: batch_order(10, 2, 4, seed=s),
+        "make_field_task": lambda s: make_field_task(0, seed=s, n_train=8, n_test=8),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_seed_takers()))
+def test_every_seed_has_one_range(name):
+    """check_seed's one range, [0, 2**32 − 1] (numpy's legacy seed is the narrowest generator
+    seeded), for every function that takes a seed: the ends pass, one past them is a ValueError
+    with the same message."""
+    import torch
+
+    from lora_edu.checks import MAX_SEED
+
+    assert MAX_SEED == 4_294_967_295
+    call = _seed_takers()[name]
+    state = torch.random.get_rng_state()
+    try:
+        call(0)
+        call(MAX_SEED)
+        for bad in (-1, MAX_SEED + 1):
+            with pytest.raises(ValueError, match=r"seed must be an int >= 0 and <= 4294967295"):
+                call(bad)
+        with pytest.raises(TypeError, match=r"seed must be an int, got float"):
+            call(1.0)
+    finally:
+        torch.random.set_rng_state(state)

@@ -305,10 +305,12 @@ def test_adapter_load_is_strict_and_atomic():
 
     missing = dict(changed)
     del missing["blocks.1.attn.v_proj.lora_B"]
-    with pytest.raises(KeyError, match="blocks.1.attn.v_proj.lora_B"):
+    with pytest.raises(ValueError,
+                       match=r"^state is missing adapter keys .*blocks.1.attn.v_proj.lora_B"):
         load_lora_state_dict(model, missing)
     extra = dict(changed, **{"blocks.0.attn.k_proj.lora_A": torch.zeros(4, 64)})
-    with pytest.raises(KeyError, match="blocks.0.attn.k_proj.lora_A"):
+    with pytest.raises(ValueError,
+                       match=r"^state has unexpected keys .*blocks.0.attn.k_proj.lora_A"):
         load_lora_state_dict(model, extra)
     wrong = dict(changed, **{"blocks.0.attn.q_proj.lora_A": torch.zeros(8, 64)})
     with pytest.raises(ValueError, match="blocks.0.attn.q_proj.lora_A"):

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from lora_edu.adalora.allocator import find_svd_modules
-from lora_edu.checks import check_float, check_instance, check_int, check_tensor
+from lora_edu.checks import check_float, check_instance, check_int, check_seed, check_tensor
 from lora_edu.inject import (
     FrozenLinearWrapper,
     add_low_rank_bypass,
@@ -244,7 +244,7 @@ def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
     alpha = check_float("alpha", alpha, 0.0, min_inclusive=False)
     init_std = check_float("init_std", init_std, 0.0, min_inclusive=False)
     if seed is not None:
-        seed = check_int("seed", seed, 0, 2**64 - 1)
+        seed = check_seed("seed", seed)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     inject_adapters(model, list(targets),
                     lambda lin: SVDLinear(lin, r, alpha, init_std, generator))

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lora_edu.checks import check_instance, check_int, check_tensor
+from lora_edu.checks import check_instance, check_int, check_seed, check_tensor
 
 __all__ = ["Task", "CLS", "key_token", "vocab_size_for", "make_field_task", "pretrain_task",
            "downstream_task"]
 
 CLS = 0
-_MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ def make_field_task(field: int, *, n_fields: int = 2, n_classes: int = 4, keys_p
         Number of examples per split.
     seed:
         The data are a deterministic function of the arguments (``torch.Generator`` seeded here;
-        the global random state is not used). An int in ``[0, 2**64 - 1]``.
+        the global random state is not used). An int in ``[0, 2**32 - 1]``.
     name:
         The task's name (a str); default ``"field-<field>"``.
 
@@ -150,7 +149,7 @@ def make_field_task(field: int, *, n_fields: int = 2, n_classes: int = 4, keys_p
     seq_len = check_int("seq_len", seq_len, n_fields + 1)
     n_train = check_int("n_train", n_train, 1)
     n_test = check_int("n_test", n_test, 1)
-    seed = check_int("seed", seed, 0, _MAX_SEED)
+    seed = check_seed("seed", seed)
     if name is not None:
         check_instance("name", name, str)
     gen = torch.Generator().manual_seed(seed)

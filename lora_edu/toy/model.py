@@ -25,11 +25,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from lora_edu.checks import check_instance, check_int, check_probability, check_tensor
+from lora_edu.checks import check_instance, check_int, check_probability, check_seed, check_tensor
 
 __all__ = ["ToyConfig", "TinyTransformer", "SelfAttention", "MLP", "Block"]
 
-_MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
 
 
 def _check_heads(d_model: object, n_heads: object) -> tuple[int, int]:
@@ -158,7 +157,7 @@ class TinyTransformer(nn.Module):
     config:
         A :class:`ToyConfig`.
     seed:
-        If given (an int in ``[0, 2**64 - 1]``), the weights are initialised from the CPU generator
+        If given (an int in ``[0, 2**32 - 1]``), the weights are initialised from the CPU generator
         seeded with ``seed`` inside a fork of it (every global generator is left untouched);
         otherwise from the global CPU generator, which then advances as for any ``nn.Module``.
 
@@ -169,7 +168,7 @@ class TinyTransformer(nn.Module):
         config = ToyConfig() if config is None else config
         check_instance("config", config, ToyConfig)
         if seed is not None:
-            seed = check_int("seed", seed, 0, _MAX_SEED)
+            seed = check_seed("seed", seed)
         super().__init__()
         self.config = config
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
@@ -189,11 +188,11 @@ class TinyTransformer(nn.Module):
         Used when a pre-trained body is reused for a downstream task with new labels (trained
         together with the adapter, as in source §2.3 (1)'s "freeze the rest" with a new head).
         ``n_classes`` is an int ≥ 2 (default: ``config.n_classes``), ``seed`` an int in
-        ``[0, 2**64 - 1]``; the draw happens in a fork of the CPU generator.
+        ``[0, 2**32 - 1]``; the draw happens in a fork of the CPU generator.
         """
         n_classes = self.config.n_classes if n_classes is None else n_classes
         n_classes = check_int("n_classes", n_classes, 2)
-        seed = check_int("seed", seed, 0, _MAX_SEED)
+        seed = check_seed("seed", seed)
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             self.head = nn.Linear(self.config.d_model, n_classes)

@@ -37,6 +37,7 @@ from lora_edu.checks import (
     check_instance,
     check_int,
     check_one_of,
+    check_seed,
 )
 from lora_edu.toy.data import Task, pretrain_task, vocab_size_for
 from lora_edu.toy.model import TinyTransformer, ToyConfig
@@ -44,7 +45,6 @@ from lora_edu.toy.model import TinyTransformer, ToyConfig
 __all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_pretrained_cache",
            "batch_order", "SeedStats", "run_seeds", "compare_seeds"]
 
-_MAX_SEED = 2**64 - 1  # the range torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -128,12 +128,12 @@ def batch_order(n: int, steps: int, batch_size: int, seed: int = 0) -> Tensor:
     Step i uses examples ``order[i]``; consecutive epochs are independent permutations of
     ``range(n)`` from a private ``torch.Generator`` seeded with ``seed`` (the global generator is
     not used). ``n`` ≥ 1, ``steps`` ≥ 0 and ``batch_size`` ≥ 1 are ints, ``seed`` an int in
-    ``[0, 2**64 - 1]``.
+    ``[0, 2**32 - 1]``.
     """
     n = check_int("n", n, 1)
     steps = check_int("steps", steps, 0)
     batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0, _MAX_SEED)
+    seed = check_seed("seed", seed)
     gen = torch.Generator().manual_seed(seed)
     need = steps * batch_size
     chunks = [torch.randperm(n, generator=gen) for _ in range(-(-need // n))]
@@ -180,7 +180,7 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
         Number of optimizer steps (int ≥ 0), AdamW learning rate (> 0), examples per step
         (int ≥ 1; at most the training set).
     seed:
-        Int in ``[0, 2**64 - 1]``: batch order and dropout.
+        Int in ``[0, 2**32 - 1]``: batch order and dropout.
     params:
         Parameters to optimise (an iterable of tensors); default: those of ``model`` with
         ``requires_grad``.
@@ -205,7 +205,7 @@ def train(model: nn.Module, task: Task, steps: int, lr: float, batch_size: int =
     steps = check_int("steps", steps, 0)
     lr = check_float("lr", lr, 0.0, min_inclusive=False)
     batch_size = check_int("batch_size", batch_size, 1)
-    seed = check_int("seed", seed, 0, _MAX_SEED)
+    seed = check_seed("seed", seed)
     eval_every = check_int("eval_every", eval_every, 0)
     check_instance("progress", progress, bool)
     weight_decay = check_float("weight_decay", weight_decay, 0.0)
@@ -277,7 +277,7 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
     Parameters
     ----------
     seed:
-        Int in ``[0, 2**64 - 1]``: initialisation, pre-training data and batch order.
+        Int in ``[0, 2**32 - 1]``: initialisation, pre-training data and batch order.
     config:
         A :class:`ToyConfig` with ``vocab_size`` ≥ :func:`~lora_edu.toy.vocab_size_for` ``()``,
         ``max_len`` ≥ 16 and ``n_classes`` ≥ 4 (default: the default config with that
@@ -290,7 +290,7 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
     (model, pretrain_task)
         The model (all parameters trainable, in training mode) and the task it learnt.
     """
-    seed = check_int("seed", seed, 0, _MAX_SEED)
+    seed = check_seed("seed", seed)
     config = ToyConfig(vocab_size=vocab_size_for()) if config is None else config
     check_instance("config", config, ToyConfig)
     steps = check_int("steps", steps, 0)
