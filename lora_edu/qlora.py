@@ -36,6 +36,7 @@ for a wrong value, naming the argument).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ from lora_edu.inject import (
     normalize_targets,
     replace_module,
 )
-from lora_edu.lora import LoRALinear
+from lora_edu.lora import LoRALinear, check_lora_hparams, check_rank_fits, init_lora_A
 from lora_edu.quant import (
     MAX_BLOCKSIZE,
     MIN_BLOCKSIZE,
@@ -65,7 +66,7 @@ from lora_edu.quant import (
 )
 
 __all__ = ["NF4Linear", "QLoRALinear", "prepare_qlora", "qlora_layers", "merge_qlora",
-           "StorageReport", "storage_report", "QLoRAReport", "COMPUTE_DTYPES", "MERGE_MODES"]
+           "StorageReport", "storage_report", "COMPUTE_DTYPES", "MERGE_MODES"]
 
 #: Dtypes a 4-bit layer may compute in (QLoRA: bfloat16; float32 is the fast choice on a CPU).
 COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
@@ -271,16 +272,27 @@ class QLoRALinear(BaseLayerWidths, nn.Module):
         adapter_dtype = (compute_dtype if adapter_dtype is None
                          else _check_compute_dtype(adapter_dtype, "adapter_dtype"))
         _check_quant_args(blocksize, double_quant, blocksize2)
-        # LoRALinear validates r, alpha, ... and draws A exactly as chapter 2's layer does
-        lora = LoRALinear(base, r, alpha, dropout=dropout, init=init, rslora=rslora,
-                          gaussian_std=gaussian_std, generator=generator)
+        # the checks and the draw of A that LoRALinear uses: the same generator gives the same A
+        r, alpha, dropout, init, rslora, gaussian_std = check_lora_hparams(
+            r, alpha, dropout, init, rslora, gaussian_std)
+        check_rank_fits(r, base)
+        if generator is not None:
+            check_instance("generator", generator, torch.Generator)
+        for p in base.parameters():        # frozen, as LoRALinear freezes its base
+            p.requires_grad_(False)
         super().__init__()
         self.base = NF4Linear(base, compute_dtype=compute_dtype, blocksize=blocksize,
                               double_quant=double_quant, blocksize2=blocksize2)
-        self.r, self.alpha, self.rslora, self.init = lora.r, lora.alpha, lora.rslora, lora.init
-        self.dropout_p, self.scaling, self.dropout = lora.dropout_p, lora.scaling, lora.dropout
-        self.lora_A = nn.Parameter(lora.lora_A.detach().to(adapter_dtype))
-        self.lora_B = nn.Parameter(lora.lora_B.detach().to(adapter_dtype))
+        self.r, self.alpha, self.rslora, self.init = r, alpha, rslora, init
+        self.dropout_p = dropout
+        self.scaling = alpha / (math.sqrt(r) if rslora else r)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        w = base.weight
+        a = init_lora_A(torch.empty(r, self.base.in_features, dtype=w.dtype, device=w.device),
+                        init, gaussian_std, generator)
+        self.lora_A = nn.Parameter(a.to(adapter_dtype))
+        self.lora_B = nn.Parameter(torch.zeros(self.base.out_features, r, dtype=adapter_dtype,
+                                               device=w.device))
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -416,17 +428,6 @@ def storage_report(model: nn.Module) -> StorageReport:
     return StorageReport(**counts)
 
 
-@dataclass(frozen=True)
-class QLoRAReport:
-    """What :func:`prepare_qlora` did: the adapted layers, the layers only quantized, and the
-    model's bytes before and after (:class:`StorageReport`, from the tensors)."""
-
-    adapted: tuple[str, ...]
-    quantized_only: tuple[str, ...]
-    before: StorageReport
-    after: StorageReport
-
-
 def _check_targets_are_linear(model: nn.Module, targets: tuple[str, ...], name: str) -> list[str]:
     """Every target must select at least one module, and every selected module must be an
     ``nn.Linear``; returns the sorted selected names."""
@@ -448,8 +449,8 @@ def prepare_qlora(model: nn.Module, target_modules: str | Sequence[str], r: int,
                   dropout: float = 0.0, init: str = "gaussian", rslora: bool = False,
                   seed: int | None = None, *, compute_dtype: torch.dtype = torch.bfloat16,
                   blocksize: int = 64, double_quant: bool = True, blocksize2: int = 256,
-                  quantize_only: str | Sequence[str] | None = None) -> QLoRAReport:
-    """Turn ``model`` into a QLoRA model in place and report its bytes before and after.
+                  quantize_only: str | Sequence[str] | None = None) -> nn.Module:
+    """Turn ``model`` into a QLoRA model in place; returns the model.
 
     Every ``nn.Linear`` named by ``target_modules`` becomes a :class:`QLoRALinear` (stored in NF4,
     adapter attached); those named by ``quantize_only`` become :class:`NF4Linear` (stored in NF4,
@@ -458,7 +459,8 @@ def prepare_qlora(model: nn.Module, target_modules: str | Sequence[str], r: int,
     suffix). With ``seed`` the A matrices come from a generator seeded with it, in sorted-name
     order — the same draws as ``apply_lora(..., seed=seed)`` on the same layers.
 
-    Returns a :class:`QLoRAReport`. Raises ``ValueError`` naming ``target_modules`` (or
+    Its bytes before and after come from :func:`storage_report` (call it on both sides), its
+    adapted layers from :func:`qlora_layers`. Raises ``ValueError`` naming ``target_modules`` (or
     ``quantize_only``) if a name matches nothing or a module that is not ``nn.Linear``, or if the
     two overlap; ``TypeError``/``ValueError`` naming any bad hyperparameter. The model is unchanged
     on any error.
@@ -477,16 +479,11 @@ def prepare_qlora(model: nn.Module, target_modules: str | Sequence[str], r: int,
         if overlap:
             raise ValueError(f"quantize_only selects layers that target_modules adapts: "
                              f"{overlap[:4]}")
-    # validate the LoRA hyperparameters once, on a tiny layer (its own generator: the global random
-    # state is not touched), before touching the model
-    LoRALinear(_empty_linear(1, 1), 1, alpha, dropout=dropout, init=init, rslora=rslora,
-               generator=torch.Generator())
+    # validate the LoRA hyperparameters once, before touching the model
+    r, alpha, dropout, init, rslora, _ = check_lora_hparams(r, alpha, dropout, init, rslora)
     modules = dict(model.named_modules())
     for name in adapted:
-        d, k = modules[name].out_features, modules[name].in_features
-        if check_int("r", r, 1) > min(d, k):
-            raise ValueError(f"r must be <= min(d, k) = {min(d, k)} of {name!r}, got {r}")
-    before = storage_report(model)
+        check_rank_fits(r, modules[name], f" of {name!r}")
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     kind = {id(modules[n]): "adapt" for n in adapted}
     kind.update({id(modules[n]): "quantize" for n in only})
@@ -500,8 +497,7 @@ def prepare_qlora(model: nn.Module, target_modules: str | Sequence[str], r: int,
                            generator=generator, **quant)
 
     inject_adapters(model, tuple(adapted + only), factory)   # builds all, then installs
-    return QLoRAReport(adapted=tuple(adapted), quantized_only=tuple(only), before=before,
-                       after=storage_report(model))
+    return model
 
 
 def qlora_layers(model: nn.Module) -> dict[str, QLoRALinear]:
