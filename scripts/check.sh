@@ -14,6 +14,9 @@ export PYTHONHASHSEED=0
 # A spinning OpenMP thread on a busy machine waits for a core another process holds; passive
 # waiting makes a loaded machine slow the checks in proportion to the load, not many times over.
 export OMP_WAIT_POLICY=PASSIVE
+# The pinned test-only peers (peft, bitsandbytes, transformers) are installed by setup.sh: a test
+# that compares with one of them fails here instead of skipping (tests/helpers.require).
+export LORA_EDU_REQUIRE_TEST_DEPS=1
 
 run_pytest() {  # pytest exit code 5 means "no tests collected": a broken suite, not a pass.
   local rc=0

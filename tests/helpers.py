@@ -112,3 +112,28 @@ def typed_decimals(markdown: str) -> list[str]:
     for pattern in _NOT_NUMBERS:
         markdown = pattern.sub(" ", markdown)
     return _DECIMAL.findall(markdown)
+
+
+#: Set by scripts/check.sh (and so by CI): the pinned test-only requirements must be importable,
+#: so a test that compares with them fails instead of skipping when one is missing.
+REQUIRE_ENV = "LORA_EDU_REQUIRE_TEST_DEPS"
+
+
+def require(module: str) -> object:
+    """Import ``module`` (a pinned test-only requirement such as ``peft`` or ``bitsandbytes``).
+
+    Outside the check script a missing module skips the calling test (a reader's plain
+    ``pytest`` without the optional peers); under ``LORA_EDU_REQUIRE_TEST_DEPS=1`` — what
+    scripts/check.sh and CI set — it fails, so the comparison with the peer library cannot
+    silently disappear.
+    """
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{module} is a pinned test requirement (requirements.txt) and cannot be "
+                        f"imported: {err}", pytrace=False)
+        pytest.skip(f"{module} is not installed ({err})", allow_module_level=True)

@@ -4,13 +4,15 @@ Compared with ``bitsandbytes.functional.quantize_4bit(x, blocksize=B, quant_type
 compress_statistics=dq)`` on CPU float32 (and float16 / bfloat16 input): the packed 4-bit codes,
 the float32 absmax, or with double quantization the 8-bit codes of the constants, their
 per-256 scales, the offset and the 8-bit code table; then ``dequantize_4bit`` of both. bitsandbytes
-is imported only here and only if installed.
+is imported only by tests; where it is missing they skip, except under scripts/check.sh (and CI),
+where they fail (``helpers.require``).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import require
 
 from lora_edu.quant import (
     code_thresholds,
@@ -21,7 +23,7 @@ from lora_edu.quant import (
     quantize_4bit,
 )
 
-F = pytest.importorskip("bitsandbytes.functional")
+F = require("bitsandbytes.functional")
 
 # bitsandbytes dequantizes odd shapes through torch.compile; eager mode gives the same values and
 # saves seconds of compilation per block size.

@@ -12,6 +12,7 @@ from importlib.metadata import version
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -497,8 +498,7 @@ def test_export_peft_layout(tmp_path, safe):
     assert config["target_modules"] == names and config["modules_to_save"] == ["head"]
     assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
     if safe:
-        safetensors = pytest.importorskip("safetensors.torch")
-        tensors = safetensors.load_file(str(paths[1]))
+        tensors = safetensors.torch.load_file(str(paths[1]))
     else:
         tensors = torch.load(paths[1], weights_only=True)
     expected = {f"base_model.model.{n}.lora_{m}.weight" for n in names for m in "AB"}
@@ -514,8 +514,6 @@ def test_export_peft_layout(tmp_path, safe):
 
 @pytest.mark.parametrize("safe", [True, False])
 def test_export_then_import_peft_round_trip(tmp_path, safe):
-    if safe:
-        pytest.importorskip("safetensors")
     model = trained_toy(alpha=6.0)
     expected = model(TOKENS)
     export_peft(model, tmp_path, safe_serialization=safe)

@@ -29,12 +29,13 @@ from lora_edu.toy import TinyTransformer
 
 
 def test_gpt3_trainable_parameter_counts():
-    assert lora_trainable_params(GPT3_175B, r=1) == 4_718_592
-    assert lora_trainable_params(GPT3_175B, r=4) == 18_874_368
-    assert lora_trainable_params(GPT3_175B, r=8) == 37_748_736
-    assert lora_trainable_params(GPT3_175B, r=64, matrices_per_layer=4) == 603_979_776
-    # the same from the per-matrix count d·r + r·k
-    assert 2 * 96 * lora_matrix_params(12_288, 12_288, 4) == 18_874_368
+    # by hand: GPT-3 175B has 96 blocks of width 12,288; LoRA on W_q and W_v (two 12288×12288
+    # matrices per block) trains r·(d + k) = r·24,576 parameters per matrix
+    d, n_blocks = 12_288, 96
+    for r in (1, 4, 8):
+        assert lora_trainable_params(GPT3_175B, r=r) == n_blocks * 2 * r * (d + d)
+    assert lora_trainable_params(GPT3_175B, r=64, matrices_per_layer=4) == n_blocks * 4 * 64 * 2 * d
+    assert 2 * 96 * lora_matrix_params(12_288, 12_288, 4) == n_blocks * 2 * 4 * (d + d)
 
 
 def test_reduction_factor_is_9285_not_10000():
@@ -51,9 +52,9 @@ def test_fractions_of_full_fine_tuning(r, denominator):
 
 def test_checkpoint_sizes():
     lora = adapter_checkpoint_bytes(lora_trainable_params(GPT3_175B, r=4))
-    assert lora == 37_748_736  # 37.7 MB (decimal), the paper's "35 MB"
+    assert lora == 2 * 96 * 2 * 4 * (12_288 + 12_288)  # 16-bit: 37.7 MB, the paper's "35 MB"
     full = full_checkpoint_bytes(GPT3_175B)
-    assert full == 350_511_600_000  # 350.5 GB, the paper's "350 GB"
+    assert full == 2 * GPT3_175B.n_params == 350_511_600_000  # 16-bit: the paper's "350 GB"
     assert round(full / lora) == 9_285
 
 

@@ -45,22 +45,33 @@ def test_65b_full_finetuning_is_780_gb():
 def test_65b_base_and_qlora_budget():
     assert Fraction(65 * 10**9) * NF4_DQ_BITS / 8 == Fraction(268_251_953_125, 8)   # 33.53 GB
     m = qlora_memory(LLAMA_65B, r=64, batch=1, seq_len=512)
-    assert m.base_4bit == 33_407_713_280                      # LLaMA-65B's real linear layers
+    # counted by hand from LLaMA-65B's published shape (hidden h = 8192, FFN f = 22016, 80
+    # blocks): per block four h×h attention matrices and three h×f feed-forward matrices, each
+    # stored at 4 + 65/512 bits per weight (NF4 + double quantization)
+    h, f, n_blocks = 8192, 22016, 80
+    linear = n_blocks * (4 * h * h + 3 * h * f)
+    assert m.base_4bit == linear * (4 + Fraction(65, 512)) / 8
     assert 40e9 < m.total < QLORA_PAPER["qlora_65b_bytes_less_than"]
-    assert m.lora_weights == 2 * LLAMA_65B.lora_params(64) == 1_599_078_400
+    # LoRA r = 64 on all seven matrices: r·(d + k) each, 2 bytes per parameter (16-bit adapters)
+    per_block = 64 * (4 * (h + h) + 2 * (h + f) + (f + h))
+    assert m.lora_weights == 2 * n_blocks * per_block
     assert m.optimizer == 4 * m.lora_weights
 
 
 def test_7b_breakdown_against_the_paper():
     n_lora = round(QLORA_PAPER["lora_fraction_7b"] * LLAMA_7B.n_params)
     m = qlora_memory(LLAMA_7B, n_lora_params=n_lora)
-    # "LoRA parameters take up only 26 MB": 0.2 % in 16 bit is 26.95 MB = 25.70 MiB
-    assert m.lora_weights == 26_953_662
+    # "LoRA parameters take up only 26 MB": 0.2 % of the 6,738,415,616 weights, 2 bytes each
+    assert m.lora_weights == 2 * round(Fraction(2, 1000) * 6_738_415_616)
     assert round(m.lora_weights / 2**20) == QLORA_PAPER["lora_params_7b_MB"]
     assert round(m.lora_weights / 10**6) == 27
     # "the 4-bit base model consumes 5,048 MB": the tensors give 3,866 MB, 23 % less
     base = m.base_4bit + m.base_16bit
-    assert base == 3_865_591_808
+    # by hand from LLaMA-7B's shape (h = 4096, f = 11008, 32 blocks, vocabulary 32000): the linear
+    # layers at 4 + 65/512 bits, embedding + output head + 2·32 + 1 norm vectors at 16 bits
+    h, f, n_blocks, vocab = 4096, 11008, 32, 32000
+    linear_bits = n_blocks * (4 * h * h + 3 * h * f) * (4 + Fraction(65, 512))
+    assert base == linear_bits / 8 + 2 * (2 * vocab * h + (2 * n_blocks + 1) * h)
     assert 0.22 < 1 - base / (QLORA_PAPER["base_4bit_7b_MB"] * 10**6) < 0.24
     # 567 MB without checkpointing vs 18 MB per sequence with it: a ratio of about L = 32
     ratio = QLORA_PAPER["lora_input_grads_7b_MB"] / QLORA_PAPER["checkpointed_per_sequence_7b_MB"]

@@ -2,7 +2,8 @@
 ``export_peft`` → ``PeftModel.from_pretrained`` and ``get_peft_model`` + ``save_pretrained`` →
 ``import_peft``.
 
-PEFT is a test-only requirement; the library never imports it. Skipped where it is not installed.
+PEFT is a test-only requirement; the library never imports it. Where it is not installed these
+tests are skipped, except under scripts/check.sh (and CI), where they fail (``helpers.require``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import warnings
 
 import pytest
 import torch
+from helpers import require
 from torch import nn
 
-peft = pytest.importorskip("peft")
+peft = require("peft")
 
 from lora_edu.lora import LoRALinear, apply_lora, export_peft, import_peft, lora_layers  # noqa: E402
 from lora_edu.toy import TinyTransformer  # noqa: E402
