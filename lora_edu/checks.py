@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from numbers import Integral, Real
+from typing import TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -42,6 +43,8 @@ def check_int(name: str, value: object, minimum: int | None = None,
         raise ValueError(f"{name} must be an int {lower}<= {maximum}, got {value}")
     return value
 
+
+_T = TypeVar("_T")
 
 #: The largest seed the library accepts: every random generator it seeds takes [0, 2**32 − 1]
 #: (numpy's legacy ``np.random.seed`` is the narrowest; torch's ``manual_seed`` takes 64 bits).
@@ -116,8 +119,19 @@ def check_one_of(name: str, value: object, options: Iterable[str]) -> str:
     return value
 
 
+@overload
+def check_instance(name: str, value: object, types: type[_T]) -> _T: ...
+
+
+@overload
+def check_instance(name: str, value: object, types: tuple[type, ...]) -> object: ...
+
+
 def check_instance(name: str, value: object, types: type | tuple[type, ...]) -> object:
-    """``value`` if it is an instance of ``types``, else ``TypeError`` naming what was expected."""
+    """``value`` if it is an instance of ``types``, else ``TypeError`` naming what was expected.
+
+    With one type the result is typed as that type (``layer = check_instance("layer", layer,
+    nn.Linear)`` is an ``nn.Linear`` to a type checker); with a tuple, as ``object``."""
     if not isinstance(value, types):
         want = (" or ".join(t.__name__ for t in types) if isinstance(types, tuple)
                 else types.__name__)
