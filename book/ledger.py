@@ -14,7 +14,7 @@ where the verdict is qualified, ``why``. Its support is split in two:
 into its stored outputs, as ``{02_lora::lora_qv_acc}``. :func:`resolve` pastes them, exactly as
 MyST-NB's ``{glue:text}`` role pastes them into the chapter's own prose, so the ledger and the
 chapter cannot disagree. The ledger page (``claims.ipynb``) renders :func:`ledger_markdown`; the
-tests (``tests/test_claims.py``) check every reference, anchor and test name.
+tests (``tests/book/test_claims.py``) check every reference, anchor and test name.
 """
 
 from __future__ import annotations

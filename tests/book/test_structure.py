@@ -19,7 +19,7 @@ from packaging.version import Version
 
 import lora_edu
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 
 
