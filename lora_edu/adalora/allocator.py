@@ -5,16 +5,27 @@ are ranked together by their score S_{m,i} (m the adapted matrix, i the triplet;
 :func:`~lora_edu.adalora.triplet_scores`) and exactly the b(t) best keep their λ
 (:func:`~lora_edu.adalora.budget_schedule`); λ of the others is set to zero. A layer whose
 triplets score low thus loses rank, one that scores high keeps it — the "参数动态分配" (dynamic
-allocation). At step T − t_f the final pattern, with b(T) triplets, is fixed and re-applied at
-every later step.
+allocation). The three phases of the schedule, for training steps t = 1 … T:
 
-Details that differ from PEFT's ``RankAllocator`` on purpose:
+* warm-up, t ≤ t_i: importance is accumulated, nothing is masked (the AdaLoRA paper's schedule and
+  PEFT: the scores start at zero, as λ does, so an early ranking would keep triplets by position);
+* cubic pruning, t_i < t < T − t_f: importance is updated at every step, and at every step that is
+  a multiple of ΔT the b(t) best triplets are kept — the first masking step is thus the first
+  multiple of ΔT after t_i (t_i + 1 with ΔT = 1);
+* final phase, t ≥ T − t_f: at step T − t_f the final pattern, with b(T) triplets, is fixed (no
+  further importance update) and re-applied at every later step.
+
+Given the same parameters and gradients at every step, the masks are PEFT's, step for step (what
+matches and what does not: :class:`~lora_edu.adalora.SVDLinear`). Details that differ from PEFT's
+``RankAllocator`` on purpose:
 
 * exactly b(t) triplets stay active: ties are broken deterministically by position (layer order,
   then triplet index), where PEFT's rule "mask every score ≤ the k-th smallest" prunes every tied
   triplet and can remove more than asked;
 * the budget is a total in triplets (PEFT's ``target_r`` is an average per matrix,
-  see :func:`~lora_edu.adalora.budget_from_average_rank`);
+  see :func:`~lora_edu.adalora.budget_from_average_rank`), and b(0) may be set below the number
+  of triplets (``init_budget``; PEFT's is always all of them): the warm-up then trains all
+  triplets, and the first masking step cuts to b(t);
 * a schedule that cannot work (t_i + t_f ≥ T, target > initial, initial > number of triplets,
   β outside [0, 1)) raises ``ValueError`` at construction, and a warning is issued if the model
   has been trained for ``total_steps`` forward passes without the allocator ever being stepped
@@ -55,19 +66,13 @@ import torch
 from torch import Tensor, nn
 
 from lora_edu.adalora.budget import budget_schedule, validate_schedule
-from lora_edu.adalora.importance import CHUNK, ImportanceTracker, triplet_scores
+from lora_edu.adalora.importance import ImportanceTracker, triplet_scores
 from lora_edu.checks import check_instance, check_int
 
 __all__ = ["RankAllocator", "find_svd_modules", "is_svd_adapter"]
 
 _ATTRS = ("lora_P", "lora_lambda", "lora_Q", "rank_mask")
 _FACTORS = ("lora_P", "lora_lambda", "lora_Q")
-
-
-def _factor(module: nn.Module, attr: str) -> Tensor:
-    # module.lora_P etc.; nn.Module.__getattr__ is slow, the allocator reads 3 per layer per step
-    params = module._parameters
-    return params[attr] if attr in params else getattr(module, attr)
 
 
 def is_svd_adapter(module: object) -> bool:
@@ -113,8 +118,9 @@ class RankAllocator:
         T, the number of training steps (the steps passed to :meth:`step` run from 1 to T).
     t_init, t_final:
         Durations of the warm-up and of the final phase (in steps); ``t_init + t_final < T``.
+        Nothing is masked during the warm-up (steps 1 … t_init).
     delta_t:
-        Mask every ``delta_t`` steps during warm-up and pruning (ΔT).
+        Mask every ``delta_t`` steps during the pruning phase (ΔT).
     init_budget:
         b(0); default: all triplets (Σ_m r_m over the adapted matrices m); must not exceed that.
     beta1, beta2:
@@ -131,6 +137,8 @@ class RankAllocator:
 
     Attributes
     ----------
+    tracker : ImportanceTracker
+        Ī and Ū of every P, λ, Q, keyed ``"{layer name}.lora_P"`` etc.
     history : list of (step, budget)
         Each masking step and the number of triplets it kept.
     frozen : bool
@@ -152,24 +160,6 @@ class RankAllocator:
         delta_t = check_int("delta_t", delta_t, 1)
         check_instance("mask_between_steps", mask_between_steps, (bool, np.bool_))
         self.tracker = ImportanceTracker(beta1, beta2)
-        self._names = tuple(f"{name}.{attr}" for name in self.modules for attr in _FACTORS)
-        self._ranks = [int(m.lora_lambda.numel()) for m in self.modules.values()]
-        self._layer_of = torch.repeat_interleave(torch.arange(len(self._ranks)),
-                                                 torch.tensor(self._ranks))
-        # runs of consecutive layers with equal (d, r, k), at most CHUNK elements of P (or of Q)
-        # per run so that every operation stays on one thread (see importance.CHUNK):
-        # (offset in the flat buffer, n, d, r, k)
-        self._groups: list[tuple[int, int, int, int, int]] = []
-        offset = 0
-        for m in self.modules.values():
-            (d, r), k = m.lora_P.shape, m.lora_Q.shape[1]
-            last = self._groups[-1] if self._groups else None
-            if last is not None and last[2:] == (d, r, k) \
-                    and (last[1] + 1) * max(d, k) * r <= CHUNK:
-                self._groups[-1] = (last[0], last[1] + 1, d, r, k)
-            else:
-                self._groups.append((offset, 1, d, r, k))
-            offset += d * r + r + r * k
         self.init_budget, self.target_budget = init_budget, target_budget
         self.total_steps, self.t_init, self.t_final = total_steps, t_init, t_final
         self.delta_t = delta_t
@@ -219,46 +209,22 @@ class RankAllocator:
 
     @torch.no_grad()
     def update_importance(self) -> None:
-        """Fold the current gradients of every P, λ, Q into the EMAs (call after backward).
-
-        All of them form one group of the tracker (one flat buffer), so a step costs a few
-        whole-buffer operations however many matrices are adapted."""
-        tensors = [_factor(m, attr) for m in self.modules.values() for attr in _FACTORS]
-        self.tracker._update(self._names, tensors, [t.grad for t in tensors])
-
-    def _flat_scores(self) -> Tensor | None:
-        """Triplet scores of all layers as one tensor (layer order), computed on the tracker's
-        flat buffers a few equally shaped layers at a time; ``None`` when the tracker does not
-        hold these tensors as one flat group (e.g. entries set by hand)."""
-        s = self.tracker.flat_scores(self._names)     # S = Ī·Ū of every element
-        if s is None:
-            return None
-        parts = []
-        # S_{m,i} = S(λ_{m,i}) + mean_j S(P_{m,ji}) + mean_j S(Q_{m,ij}), for n layers at once:
-        # strided views (n, d, r), (n, r), (n, r, k) of their elements [P_m, λ_m, Q_m]
-        for offset, n, d, r, k in self._groups:
-            seg = d * r + r + r * k
-            p = s.as_strided((n, d, r), (seg, r, 1), offset)
-            lam = s.as_strided((n, r), (seg, 1), offset + d * r)
-            q = s.as_strided((n, r, k), (seg, k, 1), offset + d * r + r)
-            parts.append((lam + p.mean(dim=1) + q.mean(dim=2)).reshape(-1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        """Fold the current gradients of every P, λ, Q into the EMAs (call after backward)."""
+        for name, m in self.modules.items():
+            for attr in _FACTORS:
+                weight = getattr(m, attr)
+                self.tracker.update(f"{name}.{attr}", weight, weight.grad)
 
     def scores(self) -> dict[str, Tensor]:
         """Triplet scores S_{m,i} of every layer, ``{name: tensor (r_m,)}`` (zeros before any
         update)."""
-        flat = self._flat_scores()
-        if flat is not None:
-            return dict(zip(self.modules, flat.split(self._ranks), strict=True))
         out = {}
         for name, m in self.modules.items():
-            key = f"{name}.lora_lambda"
-            if key not in self.tracker.i_bar:
+            if f"{name}.lora_lambda" not in self.tracker.i_bar:
                 out[name] = torch.zeros_like(m.lora_lambda.detach())
-                continue
-            out[name] = triplet_scores(self.tracker.score(f"{name}.lora_P"),
-                                       self.tracker.score(key),
-                                       self.tracker.score(f"{name}.lora_Q"))
+            else:   # S(λ_i) + mean_j S(P_ji) + mean_j S(Q_ij)
+                out[name] = triplet_scores(*(self.tracker.score(f"{name}.{attr}")
+                                             for attr in _FACTORS))
         return out
 
     @torch.no_grad()
@@ -272,20 +238,17 @@ class RankAllocator:
         :meth:`apply_masks`), then trained again. Returns the active rank per layer.
         """
         budget = check_int("budget", budget, 0, self.n_triplets)
-        flat = self._flat_scores()
-        if flat is None:
-            scores = self.scores()
-            flat = torch.cat([scores[n].reshape(-1) for n in self.modules])
-        order = torch.sort(flat.float(), descending=True, stable=True).indices
-        keep = torch.zeros(flat.numel(), dtype=torch.bool)
-        keep[order[:budget]] = True
-        pending = not self.mask_between_steps
-        for m, kept in zip(self.modules.values(), keep.split(self._ranks), strict=True):
+        scores = torch.cat(list(self.scores().values()))      # every triplet, layer by layer
+        best = torch.sort(scores, descending=True, stable=True).indices[:budget]
+        keep = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+        keep[best] = True
+        sizes = [m.lora_lambda.numel() for m in self.modules.values()]
+        ranks = {}
+        for (name, m), kept in zip(self.modules.items(), keep.split(sizes), strict=True):
             m.rank_mask.copy_(kept)
-            if m.mask_pending != pending:      # (nn.Module.__setattr__ is slow: set on change)
-                m.mask_pending = pending
-        counts = torch.bincount(self._layer_of[keep], minlength=len(self._ranks)).tolist()
-        return dict(zip(self.modules, counts, strict=True))
+            m.mask_pending = not self.mask_between_steps
+            ranks[name] = int(kept.sum())
+        return ranks
 
     def apply_masks(self) -> None:
         """Write λ = 0 into the parameter of every pruned triplet now (e.g. after training,
@@ -300,28 +263,27 @@ class RankAllocator:
         Call it between ``backward`` and the optimizer step. With ``mask_between_steps=False`` it
         first writes the zeros that the previous step decided (the forward pass of this step
         already used them). Before T − t_final: update the importance EMAs from the current
-        gradients and, every ``delta_t`` steps, keep the b(step) best triplets. At T − t_final
-        (or the first call past it): fix the final pattern with b(T) triplets. After: re-apply
-        that pattern.
+        gradients and, after the warm-up (step > t_init), every ``delta_t`` steps keep the
+        b(step) best triplets. At T − t_final (or the first call past it): fix the final pattern
+        with b(T) triplets. After: re-apply that pattern.
         """
         step = check_int("step", step, 1, self.total_steps)
         for m in self.modules.values():
-            if m.mask_pending:
+            if m.mask_pending:               # reference mode: the zeros decided last step
                 m.apply_mask()
         self.steps_taken += 1
         self.last_step = step
-        final_start = self.total_steps - self.t_final
         budget = self.budget(step)
-        if step < final_start:
+        if step < self.total_steps - self.t_final:          # warm-up and cubic pruning
             self.update_importance()
-            if step % self.delta_t == 0:
+            if step > self.t_init and step % self.delta_t == 0:
                 self.mask_to_budget(budget)
                 self.history.append((step, budget))
-        elif not self.frozen:
+        elif not self.frozen:                               # the final pattern, once
             self.mask_to_budget(self.target_budget)
             self.history.append((step, self.target_budget))
             self.frozen = True
-        elif not self.mask_between_steps:
+        elif not self.mask_between_steps:                   # reference mode: zero it again
             for m in self.modules.values():
                 m.mask_pending = True
         return budget
@@ -336,7 +298,7 @@ class RankAllocator:
         check_instance("warn", warn, (bool, np.bool_))
         if warn:
             self._warn_if_never_stepped()
-        return {name: m.active_rank for name, m in self.modules.items()}
+        return {name: int(m.rank_mask.count_nonzero()) for name, m in self.modules.items()}
 
     def rank_pattern(self, warn: bool = True) -> dict[str, list[bool]]:
         """Which triplets of every layer are active, ``{name: [bool] * r}`` (warns if the

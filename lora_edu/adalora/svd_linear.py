@@ -92,16 +92,30 @@ class SVDLinear(FrozenLinearWrapper):
           λ gets no gradient from the task loss and keeps its stored value, which comes back if
           a later allocation revives the triplet.
         * ``False`` (the AdaLoRA authors' code and PEFT): a pruned λ is set to zero once, right
-          after the optimizer step of the masking iteration (Algorithm 1), and then trained
-          again, so between two masking steps it grows back and the forward pass uses more
-          triplets than the allocator reports. The allocator is called *before* the optimizer
-          step, so the zero cannot be written then: while ``mask_pending`` is set, the forward
-          pass uses λ_i = 0 for the pruned triplets (value 0, gradient as for a parameter
-          holding 0) and the allocator writes the zero into the parameter at its next call
-          (or :meth:`apply_mask` does). The result is the reference computation, step for step.
+          after the optimizer step of the masking iteration, and then trained again, so between
+          two masking steps it grows back and the forward pass uses more triplets than the
+          allocator reports. The allocator is called *before* the optimizer step, so the zero
+          cannot be written then: while ``mask_pending`` is set, the forward pass uses λ_i = 0
+          for the pruned triplets (value 0, gradient as for a parameter holding 0) and the
+          allocator writes the zero into the parameter at its next call (or :meth:`apply_mask`
+          does). Forward passes, gradients and updates are then those of the paper's
+          Algorithm 1, step for step: importance from the parameters and gradients of step t,
+          the mask applied to the parameters after that step's update.
     mask_pending : bool
         A zeroing decided by the allocator that is not yet written into λ (only with
         ``mask_between_steps=False``).
+
+    What matches PEFT step for step is the **masks**: given the same P, λ, Q and gradients at
+    every step, with the importance updated between ``backward`` and the optimizer step (as the
+    paper and :class:`~lora_edu.adalora.RankAllocator` do), PEFT's ``RankAllocator``
+    (``AdaLoraModel.update_and_allocate``) keeps the same triplets at the same steps, in either
+    mode — no masking during the warm-up, then every ΔT steps, then the final pattern
+    (``tests/test_adalora_allocator.py``; PEFT differs only on exact ties, where it prunes every
+    triplet at its threshold). The training runs need not match: PEFT's documentation calls
+    ``update_and_allocate`` *after* ``optimizer.step()``, so its sensitivities are
+    |θ^{(t+1)}·∇ℒ(θ^{(t)})| rather than |θ^{(t)}·∇ℒ(θ^{(t)})| and its masks can differ; called
+    before the optimizer step instead, it scores as here but zeroes λ before the update, which
+    the optimizer then moves off zero.
 
     The forward pass never writes into a parameter or buffer, so a pending backward pass is never
     invalidated by a later forward (e.g. an evaluation between ``forward`` and ``backward``).

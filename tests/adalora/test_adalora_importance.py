@@ -100,33 +100,35 @@ def test_beta_zero_is_allowed_and_check_beta_is_gone():
     assert "check_beta" not in lora_edu.adalora.__all__
 
 
-def test_a_group_updated_together_is_stored_flat_and_exact():
-    # tensors first updated together share one flat buffer (i_bar[name] is a view into it) and
-    # are updated by whole-buffer operations; the result is bit-identical to one tensor at a time
+def test_update_many_is_update_one_at_a_time_and_checks_every_item_first():
+    # several tensors, some without a gradient at some steps: update_many gives exactly what
+    # update gives one tensor at a time, and the EMAs written out; a bad item anywhere in the
+    # list leaves every tensor's state as it was
     gen = torch.Generator().manual_seed(3)
     shapes = {"P": (40, 6), "lam": (6,), "Q": (6, 30), "P2": (9, 2), "lam2": (2,), "Q2": (2, 7)}
     weights = {n: torch.randn(*s, generator=gen) for n, s in shapes.items()}
-    flat, each = ImportanceTracker(0.8, 0.7), ImportanceTracker(0.8, 0.7)
-    names = tuple(shapes)
+    many, one = ImportanceTracker(0.8, 0.7), ImportanceTracker(0.8, 0.7)
     i_ref, u_ref = torch.zeros(40, 6), torch.zeros(40, 6)
     for step in range(6):
         grads = {n: (None if (step, n) in {(1, "lam"), (4, "Q2")} else
                      torch.randn(*s, generator=gen) * 10.0 ** -step) for n, s in shapes.items()}
-        items = [(n, weights[n], grads[n]) for n in names]
-        flat.update_many(items)
-        each.update_many(items)
-        if step == 0:                     # replacing an entry breaks the group: one at a time
-            each.i_bar["Q2"] = each.i_bar["Q2"].clone()
+        many.update_many([(n, weights[n], grads[n]) for n in shapes])
+        for n in shapes:
+            one.update(n, weights[n], grads[n])
         # the formula: Ī ← β1·Ī + (1−β1)·|w·g|, Ū ← β2·Ū + (1−β2)·|I − Ī|
         i_ref, u_ref = ema_update(i_ref, u_ref, sensitivity(weights["P"], grads["P"]), 0.8, 0.7)
-    assert flat.flat_scores(names) is not None and each.flat_scores(names) is None
-    base = flat.i_bar["P"].untyped_storage().data_ptr()
-    assert all(flat.i_bar[n].untyped_storage().data_ptr() == base for n in names)
-    for n in names:
-        assert torch.equal(flat.i_bar[n], each.i_bar[n])
-        assert torch.equal(flat.u_bar[n], each.u_bar[n])
-        assert flat.n_updates[n] == each.n_updates[n] == 6
-    s = flat.flat_scores(names)
-    assert torch.equal(s, torch.cat([flat.score(n).reshape(-1) for n in names]))
-    torch.testing.assert_close(flat.i_bar["P"], i_ref, rtol=1e-6, atol=0)
-    torch.testing.assert_close(flat.u_bar["P"], u_ref, rtol=1e-5, atol=0)
+    for n in shapes:
+        assert torch.equal(many.i_bar[n], one.i_bar[n])
+        assert torch.equal(many.u_bar[n], one.u_bar[n])
+        assert many.n_updates[n] == one.n_updates[n] == 6
+    torch.testing.assert_close(many.i_bar["P"], i_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(many.u_bar["P"], u_ref, rtol=1e-5, atol=0)
+    before = {n: (many.i_bar[n].clone(), many.u_bar[n].clone()) for n in shapes}
+    with pytest.raises(ValueError, match="grad"):
+        many.update_many([("P", weights["P"], torch.ones(40, 6)),
+                          ("Q", weights["Q"], torch.ones(3))])
+    with pytest.raises(ValueError, match="twice"):
+        many.update_many([("P", weights["P"], None), ("P", weights["P"], None)])
+    for n in shapes:
+        assert torch.equal(many.i_bar[n], before[n][0]) and torch.equal(many.u_bar[n], before[n][1])
+        assert many.n_updates[n] == 6

@@ -103,6 +103,8 @@ CASES = [
     ("tracker-name-int", lambda: ImportanceTracker().update(3, t3, t3), TypeError, "name"),
     ("tracker-grad-list", lambda: ImportanceTracker().update("w", t3, [0.0] * 3), TypeError,
      "grad"),
+    ("tracker-weight-int", lambda: ImportanceTracker().update("w", t3.long(), None), TypeError,
+     "weight"),
     ("tracker-items-int", lambda: ImportanceTracker().update_many(42), TypeError, "items"),
     ("tracker-item-pair", lambda: ImportanceTracker().update_many([("w", t3)]), ValueError,
      "items"),

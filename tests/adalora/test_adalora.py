@@ -17,10 +17,10 @@ from lora_edu.adalora import (
     SVDLinear,
     apply_adalora,
     budget_schedule,
+    ema_update,
     find_svd_modules,
     orthogonal_penalty,
     orthogonal_regularizer,
-    triplet_scores,
 )
 from lora_edu.toy import TinyTransformer, ToyConfig, downstream_task, train
 
@@ -303,7 +303,8 @@ def test_masks_held_between_steps_use_exactly_the_reported_budget():
     # the default: the forward of every step computes with exactly the triplets the allocator
     # reports as active (from step 2 on: at step 1 every λ is still at its zero start)
     alloc, reported, used, counted = _train_counting(mask_between_steps=True)
-    assert alloc.mask_between_steps and [t for t, _ in alloc.history][:3] == [5, 10, 15]
+    # no masking in the warm-up (t <= t_i = 5): the first masking step is 10
+    assert alloc.mask_between_steps and [t for t, _ in alloc.history][:3] == [10, 15, 20]
     assert min(reported.values()) == 4 and reported[16] == budget_schedule(15, 40, 12, 4, 5, 10)
     assert all(used[t] == reported[t] == counted[t] for t in range(2, 41)), (used, reported)
     for m in alloc.modules.values():   # the parameters were never written: pruned λ kept
@@ -604,39 +605,51 @@ def test_with_training_loop_hooks():
     assert len(hist.loss) == 30 and alloc.steps_taken == 30 and alloc.frozen
     assert sum(alloc.ranks().values()) == 16
     steps = [t for t, _ in alloc.history]
-    assert steps[:-1] == list(range(2, 20, 2)) and steps[-1] == 20
+    # masking every ΔT = 2 steps after the warm-up (t > t_i = 5), then once at T − t_f = 20
+    assert steps[:-1] == list(range(6, 20, 2)) and steps[-1] == 20
 
 
 def test_vectorised_scores_equal_the_per_layer_formula():
-    # layers of several shapes, and five equal 128×128 ones with r = 64 (more than one run of
-    # equally shaped layers fits in one chunk): the allocator's scores, computed on the tracker's
-    # flat buffer group by group, are bit-identical to triplet_scores layer by layer
+    # (the name is the one book/claims.yml cites; the scores are no longer vectorised)
+    # the allocator's triplet scores against the formula written out element by element
+    # (S = Ī·Ū from the EMAs of |w·g|; S_i = S(λ_i) + mean_j S(P_ji) + mean_j S(Q_ij)), over
+    # layers of different shapes, and the masks keep the top b of exactly these scores
     torch.manual_seed(0)
-    dims = [(8, 8, 3), (8, 8, 3), (8, 16, 4), (16, 8, 2)] + [(128, 128, 64)] * 5 + [(8, 8, 3)]
-    layers = [SVDLinear(nn.Linear(k, d), r, alpha=float(r)) for d, k, r in dims]
-    alloc = RankAllocator(layers, target_budget=20, total_steps=10, t_init=1, t_final=2)
+    dims = [(8, 8, 3), (8, 8, 3), (8, 16, 4), (16, 8, 2), (12, 12, 6), (8, 8, 3)]
+    layers = [SVDLinear(nn.Linear(k, d, dtype=torch.float64), r, alpha=float(r))
+              for d, k, r in dims]
+    alloc = RankAllocator(layers, target_budget=9, total_steps=10, t_init=1, t_final=2,
+                          beta1=0.8, beta2=0.7)
     gen = torch.Generator().manual_seed(1)
-    for t in range(1, 5):
-        for m in layers:
+    ref = {}                              # (layer, factor) -> (Ī, Ū), by the formula
+    for _ in range(4):
+        for i, m in enumerate(layers):
             with torch.no_grad():
                 m.lora_lambda.normal_(generator=gen)
-            for p in (m.lora_P, m.lora_lambda, m.lora_Q):
-                p.grad = torch.randn(p.shape, generator=gen)
-        alloc.step(t)
-    names = tuple(alloc.tracker.i_bar)
-    assert len(names) == 3 * len(layers) and alloc.tracker.flat_scores(names) is not None
-    by_layer = {name: triplet_scores(alloc.tracker.score(f"{name}.lora_P"),
-                                     alloc.tracker.score(f"{name}.lora_lambda"),
-                                     alloc.tracker.score(f"{name}.lora_Q"))
-                for name in alloc.modules}
+            for f, p in enumerate((m.lora_P, m.lora_lambda, m.lora_Q)):
+                p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                zero = torch.zeros_like(p)
+                i_bar, u_bar = ref.get((i, f), (zero, zero))
+                ref[i, f] = ema_update(i_bar, u_bar, (p.detach() * p.grad).abs(), 0.8, 0.7)
+        alloc.update_importance()
+    expected = []
+    for i, (d, k, r) in enumerate(dims):
+        s_p, s_l, s_q = (ref[i, f][0] * ref[i, f][1] for f in range(3))
+        expected.append([float(s_l[j]) + sum(float(v) for v in s_p[:, j]) / d
+                         + sum(float(v) for v in s_q[j, :]) / k for j in range(r)])
     got = alloc.scores()
-    assert list(got) == list(by_layer)
-    assert all(torch.equal(got[n], by_layer[n]) for n in by_layer)
-    # the masks keep the top 20 of exactly these scores
-    flat = torch.cat([by_layer[n] for n in by_layer])
-    ranks = alloc.mask_to_budget(20)
-    keep = torch.cat([m.rank_mask for m in layers]).bool()
-    assert sum(ranks.values()) == 20 and float(flat[keep].min()) >= float(flat[~keep].max())
+    assert list(got) == [str(i) for i in range(len(dims))]
+    for i, name in enumerate(got):
+        torch.testing.assert_close(got[name], torch.tensor(expected[i], dtype=torch.float64),
+                                   rtol=1e-12, atol=0)
+    # keep the 9 best: by hand, a sort of (score, position) pairs
+    flat = [(s, i, j) for i, row in enumerate(expected) for j, s in enumerate(row)]
+    best = sorted(flat, key=lambda e: -e[0])[:9]
+    ranks = alloc.mask_to_budget(9)
+    assert ranks == {str(i): sum(1 for _, li, _ in best if li == i) for i in range(len(dims))}
+    pattern = alloc.rank_pattern(warn=False)
+    assert {(i, j) for _, i, j in best} == {(i, j) for i, name in enumerate(pattern)
+                                            for j, kept in enumerate(pattern[name]) if kept}
 
 
 def test_merge_adalora_folds_p_lambda_q_and_drops_pruned_triplets():
