@@ -117,3 +117,33 @@ def test_library_does_not_import_matplotlib_or_test_only_packages():
             for n in names:
                 assert n.split(".")[0] not in {"matplotlib", "peft", "bitsandbytes"}, (
                     f"{path.relative_to(PKG)} imports {n}")
+
+
+def test_no_public_function_raises_key_error():
+    """The API convention: a wrong or missing key is a wrong value, ``ValueError`` (a
+    ``KeyError`` would also print its message with quotes); no library module raises KeyError."""
+    offenders = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(exc, ast.Name) and exc.id == "KeyError":
+                    offenders.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_apply_functions_return_the_model():
+    """``apply_*`` (and ``prepare_qlora``) change the model in place and return it."""
+    from torch import nn
+
+    from lora_edu.adalora import apply_adalora
+    from lora_edu.adapter import apply_adapters
+    from lora_edu.lora import apply_lora
+    from lora_edu.qlora import prepare_qlora
+
+    calls = [lambda m: apply_lora(m, "0", r=2, alpha=4), lambda m: apply_adalora(m, "0", r=2),
+             lambda m: apply_adapters(m, "0", bottleneck=2),
+             lambda m: prepare_qlora(m, "0", r=2, alpha=4)]
+    for call in calls:
+        model = nn.Sequential(nn.Linear(64, 8))
+        assert call(model) is model

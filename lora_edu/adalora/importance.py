@@ -144,7 +144,7 @@ class ImportanceTracker:
         """Element-wise importance S = Ī·Ū of tensor ``name`` (a new tensor)."""
         check_instance("name", name, str)
         if name not in self.i_bar:
-            raise KeyError(f"no importance recorded for {name!r}")
+            raise ValueError(f"name={name!r}: no importance recorded for it")
         return self.i_bar[name] * self.u_bar[name]
 
     def reset(self) -> None:

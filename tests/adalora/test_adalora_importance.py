@@ -62,7 +62,7 @@ def test_tracker_equals_functional_form_and_none_grad():
     i, u = ema_update(i, u, torch.zeros(2), 0.8, 0.9)
     torch.testing.assert_close(tracker.i_bar["w"], i)
     torch.testing.assert_close(tracker.u_bar["w"], u)
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(ValueError, match=r"^name=.nope.: no importance recorded"):
         tracker.score("nope")
     with pytest.raises(ValueError, match="shape"):
         tracker.update("w", torch.zeros(3), torch.zeros(3))
