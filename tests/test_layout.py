@@ -19,7 +19,8 @@ PKG = Path(lora_edu.__file__).parent
 LAYER = {
     "checks": 0,
     "lowrank": 1, "quant": 1, "inject": 1, "memory": 1, "paged": 1, "pretrained": 1,
-    "lora": 2, "toy": 2, "adapter": 2,
+    "wordnet": 1,
+    "lora": 2, "toy": 2, "adapter": 2, "encoder": 2,
     "adalora": 3, "qlora": 3, "placement": 3,
 }
 
@@ -108,6 +109,9 @@ def test_exported_callables_have_docstrings(name):
             assert inspect.getdoc(obj), f"{name}.{public} has no docstring"
 
 
+FORBIDDEN = {"matplotlib", "peft", "bitsandbytes", "transformers"}
+
+
 def test_library_does_not_import_matplotlib_or_test_only_packages():
     for path in PKG.rglob("*.py"):
         tree = ast.parse(path.read_text())
@@ -115,7 +119,7 @@ def test_library_does_not_import_matplotlib_or_test_only_packages():
             names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
                      [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             for n in names:
-                assert n.split(".")[0] not in {"matplotlib", "peft", "bitsandbytes"}, (
+                assert n.split(".")[0] not in FORBIDDEN, (
                     f"{path.relative_to(PKG)} imports {n}")
 
 
