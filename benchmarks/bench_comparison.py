@@ -4,7 +4,8 @@ Chapter 8 measures the toy transformer (d_model 64); this benchmark repeats the 
 4-layer toy transformer of GPT-2 medium's width (d_model 1024, 16 heads, FFN 4096), the model of
 the LoRA paper's Table 1, at batch 1 × 128 tokens and 8 × 128, 2 threads. Every figure is the
 forward time of one model divided by that of the base model (the same architecture with merged
-weights), measured interleaved in the same run:
+weights), measured interleaved in the same run; each figure is the median (and p10–p90) of the
+per-repeat ratios:
 
 * Houlsby adapters (m = 8, after ``o_proj`` and ``fc2``) and one adapter per block after ``fc2``
   (Adapter^L's placement): no target, the size of the gap depends on the hardware (see
@@ -33,13 +34,12 @@ against a baseline of the same run:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmarks.common import Result, check, interleaved_times
+from benchmarks.common import Result, interleaved_times, ratios
 from lora_edu.adalora import RankAllocator, apply_adalora, merge_adalora, orthogonal_penalty
 from lora_edu.adapter import apply_adapters
 from lora_edu.lora import apply_lora, merge_lora
@@ -87,21 +87,6 @@ NAMES = {"adapter_h": ("Houlsby adapters m=8 (o_proj, fc2)", ""),
 TOY_STEPS = 100     # chapter 8's training length: the allocator's schedule runs over it
 
 
-def _one_thread(fns: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
-    """``fns``, each setting one thread before its call: chapter 8 times its toy on one thread.
-
-    ``interleaved_times`` sets the suite's two threads first; on a 64-wide toy a second thread has
-    nothing to do but wait at every operation's barrier, and on a shared machine that wait can
-    dwarf the operation. Setting the count that is already set costs well under a microsecond.
-    """
-    def wrap(fn: Callable[[], object]) -> Callable[[], object]:
-        def f():
-            torch.set_num_threads(1)
-            return fn()
-        return f
-    return {k: wrap(fn) for k, fn in fns.items()}
-
-
 def _toy_method(method: str, seed: int = 0) -> tuple[nn.Module, RankAllocator | None]:
     """Chapter 8's pre-trained toy adapted by ``method`` (its budgets), with a fresh head."""
     model, _ = pretrained_toy_model(seed=0)
@@ -144,14 +129,14 @@ def _toy_step_rows() -> list[Result]:
 
     methods = ("full fine-tuning", "Adapter^H", "LoRA", "AdaLoRA", "QLoRA")
     # warm-up + repeat = 33 AdaLoRA steps: all in its scoring phase, as in the chapter's timing
-    t = interleaved_times(_one_thread({m: stepper(m) for m in methods}), repeat=31)
+    # one thread, as chapter 8 times its toy: on a 64-wide model a second thread would only wait
+    t = interleaved_times({m: stepper(m) for m in methods}, repeat=31, threads=1)
     rows = []
     for method, target in (("QLoRA", "> 1.15"), ("AdaLoRA", "> 1.3"),
                            ("full fine-tuning", ""), ("Adapter^H", "")):
-        ratio = t[method] / t["LoRA"]
-        rows.append(Result(f"toy step (ch. 8): {method} / LoRA", ratio,
-                           "LoRA q,v r=6 step, batch 64x16, same run", target,
-                           check(ratio, target)))
+        rows.append(Result.from_samples(f"toy step (ch. 8, 1 thr): {method} / LoRA",
+                                        ratios(t, method, "LoRA"),
+                                        "LoRA q,v r=6 step, batch 64x16, same run", target))
     return rows
 
 
@@ -185,21 +170,20 @@ def _toy_latency_rows() -> list[Result]:
                 model(x)
         return f
 
-    t = interleaved_times(_one_thread({k: fwd(m) for k, m in models.items()}), repeat=41)
+    t = interleaved_times({k: fwd(m) for k, m in models.items()}, repeat=41, threads=1)
     rows = []
     for key, baseline, target, name in (
             ("Adapter^H", "LoRA merged", "> 1.1", "Adapter^H / merged LoRA"),
             ("AdaLoRA unmerged", "AdaLoRA merged", "> 1.3", "AdaLoRA unmerged / merged"),
             ("QLoRA, 4-bit base", "QLoRA merged to float32", "> 2", "QLoRA 4-bit base / fp32"),
             ("QLoRA merged into NF4", "QLoRA merged to float32", "> 2", "QLoRA NF4-merged / fp32")):
-        ratio = t[key] / t[baseline]
-        rows.append(Result(f"toy fwd 1x16 (ch. 8): {name}", ratio,
-                           f"{baseline}, same run", target, check(ratio, target)))
+        rows.append(Result.from_samples(f"toy fwd 1x16 (ch. 8, 1 thr): {name}",
+                                        ratios(t, key, baseline), f"{baseline}, same run",
+                                        target))
     return rows
 
 
 def run() -> list[Result]:
-    torch.set_num_threads(2)
     rows = _toy_step_rows() + _toy_latency_rows()
     models = _models()
     for batch, seq, repeat in ((1, 128, 9), (8, 128, 5)):
@@ -215,8 +199,8 @@ def run() -> list[Result]:
         t = interleaved_times({k: fwd(m) for k, m in models.items()}, repeat=repeat)
         for key, (name, target) in NAMES.items():
             target = target if batch == 1 else ""
-            ratio = t[key] / t["base"]
-            rows.append(Result(f"{name} / base, batch {batch}x{seq}", ratio,
-                               "the base model (merged architecture), same run", target,
-                               check(ratio, target)))
+            rows.append(Result.from_samples(f"{name} / base, batch {batch}x{seq}",
+                                            ratios(t, key, "base"),
+                                            "the base model (merged architecture), same run",
+                                            target))
     return rows

@@ -1,8 +1,8 @@
 """QLoRA speed: the 4-bit layer's forward against nn.Linear, and the paged optimizer's step.
 
 Shapes: a 4096×4096 layer (the attention projection of a 7B-class model), x of shape 8×128×4096,
-LoRA r = 64 (QLoRA's rank), 2 threads. Every figure is a ratio against a baseline timed in the
-same run, interleaved.
+LoRA r = 64 (QLoRA's rank), 2 threads. Every figure is the median (and p10–p90) of per-repeat
+ratios against a baseline timed in the same run, interleaved.
 
 * QLoRALinear forward / nn.Linear forward, both computing in float32 (the CPU's fast dtype): the
   cost of dequantizing the NF4 + DQ weight on every call plus the bypass. Target ≤ 1.3.
@@ -22,7 +22,7 @@ import copy
 import torch
 from torch import nn
 
-from benchmarks.common import Result, check, interleaved_times
+from benchmarks.common import Result, interleaved_times, ratios
 from lora_edu.paged import PagedAdamW
 from lora_edu.qlora import QLoRALinear
 
@@ -56,10 +56,9 @@ def _forward_rows() -> list[Result]:
         t = interleaved_times({"base": fwd(base), "qlora": fwd(qlora)}, repeat=repeat,
                               warmup=1)
         name = "float32" if dtype == torch.float32 else "bfloat16"
-        ratio = t["qlora"] / t["base"]
-        rows.append(Result(f"QLoRALinear forward, {name} compute (r={R})", ratio,
-                           f"nn.Linear forward in {name}, 4096x4096, x 8x128x4096", target,
-                           check(ratio, target)))
+        rows.append(Result.from_samples(
+            f"QLoRALinear forward, {name} compute (r={R})", ratios(t, "qlora", "base"),
+            f"nn.Linear forward in {name}, 4096x4096, x 8x128x4096", target))
     base, qlora, x = _layer(torch.float32)
     xg = x.clone().requires_grad_(True)
 
@@ -72,9 +71,10 @@ def _forward_rows() -> list[Result]:
         return f
 
     t = interleaved_times({"base": fwd_bwd(base), "qlora": fwd_bwd(qlora)}, repeat=7)
-    ratio = t["qlora"] / t["base"]
-    rows.append(Result("QLoRALinear forward+backward (grad x, A, B), float32", ratio,
-                       "frozen nn.Linear forward+backward (grad x)", note="dequantizes twice"))
+    rows.append(Result.from_samples("QLoRALinear forward+backward (grad x, A, B), float32",
+                                    ratios(t, "qlora", "base"),
+                                    "frozen nn.Linear forward+backward (grad x)",
+                                    note="dequantizes twice"))
     return rows
 
 
@@ -91,17 +91,15 @@ def _optimizer_rows() -> list[Result]:
            "paged": stepper(lambda ps: PagedAdamW(ps, lr=1e-4, budget_bytes=state_bytes)),
            "half": stepper(lambda ps: PagedAdamW(ps, lr=1e-4, budget_bytes=state_bytes // 2))}
     t = interleaved_times(fns, repeat=11)
-    ratio = t["paged"] / t["adamw"]
-    rows = [Result("PagedAdamW step, budget holds every page", ratio,
-                   "torch.optim.AdamW step, 4096x4096 parameter", "<= 1.20",
-                   check(ratio, "<= 1.20"))]
-    ratio = t["half"] / t["adamw"]
-    rows.append(Result("PagedAdamW step, budget = half the states", ratio,
-                       "torch.optim.AdamW step, 4096x4096 parameter",
-                       note="all 64 pages of 2 MiB move every step (RAM copies)"))
+    rows = [Result.from_samples("PagedAdamW step, budget holds every page",
+                                ratios(t, "paged", "adamw"),
+                                "torch.optim.AdamW step, 4096x4096 parameter", "<= 1.20")]
+    rows.append(Result.from_samples("PagedAdamW step, budget = half the states",
+                                    ratios(t, "half", "adamw"),
+                                    "torch.optim.AdamW step, 4096x4096 parameter",
+                                    note="all 64 pages of 2 MiB move every step (RAM copies)"))
     return rows
 
 
 def run() -> list[Result]:
-    torch.set_num_threads(2)
     return _forward_rows() + _optimizer_rows()

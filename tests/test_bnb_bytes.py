@@ -145,3 +145,15 @@ def test_reference_and_nf4_table_agree_with_bitsandbytes():
     assert torch.equal(r.packed, packed.reshape(-1)) and torch.equal(r.absmax, state.absmax)
     with no_compile:
         assert torch.equal(dequantize_4bit_reference(r), F.dequantize_4bit(packed, state))
+
+
+@pytest.mark.parametrize("dq", [False, True], ids=["plain", "dq"])
+@pytest.mark.parametrize("blocksize", [64, 128, 4096])
+def test_whole_decode_steps_and_a_few_blocks_more(blocksize, dq):
+    """dequantize_4bit decodes whole steps of _STEP_BYTES packed bytes, then the rest: sizes of
+    exactly two steps, and two steps plus three blocks, decode as bitsandbytes decodes them."""
+    from lora_edu.quant.blockwise import _STEP_BYTES
+
+    n = 2 * (2 * _STEP_BYTES)
+    assert_identical(randn(n, seed=11), blocksize, dq)
+    assert_identical(randn(n + 3 * blocksize, seed=12), blocksize, dq)

@@ -456,3 +456,125 @@ def test_dequantize_out_and_odd_sizes_match_reference():
         out = torch.full_like(x, math.nan)
         assert dequantize_4bit(q, out=out) is out and torch.equal(out, ref)
         assert torch.equal(dequantize_4bit(q), ref)
+
+
+# --------------------------------------------------------------------------- fast dequantize
+# dequantize_4bit decodes whole steps of _STEP_BYTES packed bytes (a lookup in the pair table,
+# then a scaled product straight into the result in its dtype) and the rest in one piece; the
+# reference expands every index and every absmax. The two must agree bit for bit: compared
+# through an integer view, so that -0.0 against +0.0 or two NaN payloads would count as different.
+
+_INT_OF = {torch.float32: torch.int32, torch.float64: torch.int64,
+           torch.float16: torch.int16, torch.bfloat16: torch.int16}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _assert_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(a.view(_INT_OF[a.dtype]), b.view(_INT_OF[b.dtype]))
+
+
+def test_bit_comparison_sees_the_sign_of_zero():
+    with pytest.raises(AssertionError):
+        _assert_bits(torch.tensor([0.0]), torch.tensor([-0.0]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dq", [False, True], ids=["plain", "dq"])
+def test_fast_dequantize_bits_equal_reference_across_steps(dtype, dq):
+    """Sizes around the step (2·_STEP_BYTES values): whole steps only, whole steps plus whole
+    blocks, plus a partial block, plus an odd count; with and without out=."""
+    from lora_edu.quant.blockwise import _STEP_BYTES
+
+    per_step = 2 * _STEP_BYTES
+    for n in (per_step, 2 * per_step + 64 * 3, per_step + 64 * 5 + 37, per_step - 1,
+              2 * per_step + 1):
+        x = (randn(n, seed=n) * 5).to(dtype)
+        q = quantize_4bit(x, 64, double_quant=dq)
+        ref = dequantize_4bit_reference(q)
+        _assert_bits(dequantize_4bit(q), ref)
+        out = torch.full_like(x, math.nan)
+        assert dequantize_4bit(q, out=out) is out
+        _assert_bits(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocksize", [32, 64, 128, 4096])
+def test_fast_dequantize_bits_equal_reference_small(dtype, blocksize):
+    for n in (1, 2, 31, 63, 64, 65, 127, 4097, 3 * 4096 + 7, 20_001):
+        x = (randn(n, seed=n + blocksize) * 3).to(dtype)
+        q = quantize_4bit(x, blocksize)
+        _assert_bits(dequantize_4bit(q), dequantize_4bit_reference(q))
+        out = torch.empty_like(x).fill_(7.0)
+        _assert_bits(dequantize_4bit(q, out=out), dequantize_4bit_reference(q))
+
+
+@pytest.mark.parametrize("name", list(ALL_CODES))
+def test_fast_dequantize_bits_equal_reference_for_every_code(name):
+    """Every code, with all-zero and tiny blocks (a negative level times absmax 0 is -0.0)."""
+    code = ALL_CODES[name]
+    x = torch.cat([_edge_tensor(0), randn(3000, seed=8)])
+    for dq in (False, True):
+        q = quantize_4bit(x, 64, code, double_quant=dq, blocksize2=4)
+        _assert_bits(dequantize_4bit(q), dequantize_4bit_reference(q))
+
+
+@pytest.mark.parametrize("blocksize", [32, 64, 256, 4096])
+@pytest.mark.parametrize("step_bytes", [1, 64, 2048, 4096])
+def test_decode_steps_smaller_and_larger_than_a_block(blocksize, step_bytes):
+    """The stepping itself, with steps shorter than a block (rounded up to one block), of one
+    block and of several, on a tensor that ends in a partial block of odd length."""
+    from lora_edu.quant import dequantize_constants
+    from lora_edu.quant.blockwise import _decode_into
+
+    x = randn(5 * 4096 + 3 * blocksize + 21, seed=blocksize) * 2
+    for dq in (False, True):
+        for dtype in (torch.float32, torch.bfloat16):
+            q = quantize_4bit(x.to(dtype), blocksize, double_quant=dq)
+            absmax = q.absmax if q.absmax is not None else dequantize_constants(q.absmax_dq)
+            dst = torch.full((x.numel(),), math.nan, dtype=dtype)
+            _decode_into(dst, q.packed, absmax, q.code, blocksize, step_bytes)
+            _assert_bits(dst, dequantize_4bit_reference(q).reshape(-1))
+
+
+def test_fast_dequantize_shapes_and_noncontiguous_inputs():
+    x = randn(3, 5, 77, seed=9)
+    q = quantize_4bit(x, 32)
+    _assert_bits(dequantize_4bit(q), dequantize_4bit_reference(q))
+    # the same bytes held by a non-contiguous tensor decode the same
+    wide = torch.zeros(q.packed.numel(), 2, dtype=torch.uint8)
+    wide[:, 0] = q.packed
+    q2 = QuantizedTensor(packed=wide[:, 0], absmax=q.absmax, absmax_dq=None, shape=q.shape,
+                         dtype=q.dtype, blocksize=32, code=q.code)
+    _assert_bits(dequantize_4bit(q2), dequantize_4bit_reference(q))
+    # and strided constants too (a QuantizedTensor built by hand), over several decode steps
+    from lora_edu.quant.blockwise import _STEP_BYTES
+
+    y = randn(2 * _STEP_BYTES * 2 + 100, seed=10)
+    qy = quantize_4bit(y, 64)
+    strided = torch.zeros(qy.absmax.numel(), 3)
+    strided[:, 1] = qy.absmax
+    qs = QuantizedTensor(packed=qy.packed, absmax=strided[:, 1], absmax_dq=None, shape=qy.shape,
+                         dtype=qy.dtype, blocksize=64, code=qy.code)
+    _assert_bits(dequantize_4bit(qs), dequantize_4bit_reference(qy))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_fast_dequantize_does_not_depend_on_the_thread_count(threads):
+    """A step's lookup and scaling run on PyTorch's threads: the values are the same whatever
+    their number (three whole steps, whole blocks and a partial block, DQ, two dtypes)."""
+    from lora_edu.quant.blockwise import _STEP_BYTES
+
+    n = 2 * _STEP_BYTES * 3 + 64 * 7 + 29
+    x = randn(n, seed=13) * 4
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float16):
+            q = quantize_4bit(x.to(dtype), 64, double_quant=True)
+            ref = dequantize_4bit_reference(q)
+            _assert_bits(dequantize_4bit(q), ref)
+            out = torch.full_like(ref, math.nan)
+            _assert_bits(dequantize_4bit(q, out=out), ref)
+    finally:
+        torch.set_num_threads(previous)
