@@ -8,7 +8,7 @@ and bitsandbytes', measured in the same run.
 * when bitsandbytes is installed, ``bitsandbytes.functional.quantize_4bit(w, blocksize=64,
   quant_type="nf4", compress_statistics=True)`` and ``compress_statistics=False``, and its
   ``dequantize_4bit`` of the two results — the same bytes and values as ours
-  (tests/test_bnb_bytes.py).
+  (tests/quant/test_bnb_bytes.py).
 
 Figures, each the median and p10–p90 of per-repeat ratios:
 

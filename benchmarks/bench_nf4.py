@@ -8,7 +8,7 @@ in the same run.
 * bitsandbytes (when installed): ``bitsandbytes.functional.quantize_4bit(x, blocksize=64,
   quant_type="nf4")`` (its CPU path is PyTorch code) and ``dequantize_4bit`` (a native kernel
   that allocates a fresh output); the bytes and values are identical to ours
-  (tests/test_bnb_bytes.py);
+  (tests/quant/test_bnb_bytes.py);
 * two references of the same run: ``x.clone()`` (read 64 MB, write 64 MB) and
   ``torch.empty(n).fill_(1)`` — the cost of a fresh 64 MB output alone (allocating it and
   faulting its pages in), a floor under any dequantization that returns a new tensor;

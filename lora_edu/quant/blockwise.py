@@ -58,7 +58,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -70,6 +69,11 @@ from lora_edu.checks import (
     check_tensor,
 )
 from lora_edu.quant.codes import check_code, code_thresholds, nf4_code
+from lora_edu.quant.double_quant import (
+    QuantizedConstants,
+    dequantize_constants,
+    quantize_constants,
+)
 
 __all__ = [
     "QuantizedTensor",
@@ -123,7 +127,7 @@ class QuantizedTensor:
 
     packed: torch.Tensor
     absmax: torch.Tensor | None
-    absmax_dq: Any
+    absmax_dq: QuantizedConstants | None
     shape: torch.Size
     dtype: torch.dtype
     blocksize: int
@@ -271,7 +275,6 @@ def _finish(packed: torch.Tensor, absmax: torch.Tensor, x: torch.Tensor, blocksi
             code: torch.Tensor, double_quant: bool, blocksize2: int) -> QuantizedTensor:
     absmax_dq = None
     if double_quant:
-        from lora_edu.quant.double_quant import quantize_constants
 
         absmax_dq = quantize_constants(absmax, blocksize2=blocksize2)
         absmax = None
@@ -443,7 +446,6 @@ def _block_constants(q: QuantizedTensor) -> torch.Tensor:
     if q.absmax is not None:
         absmax = check_tensor("q.absmax", q.absmax)
     elif q.absmax_dq is not None:
-        from lora_edu.quant.double_quant import dequantize_constants
 
         absmax = dequantize_constants(q.absmax_dq)
     else:
