@@ -44,19 +44,41 @@ def readme_example() -> str:
     return blocks[0]
 
 
-def pinned(name: str) -> str:
-    """The requirement line of ``name`` in requirements.txt (e.g. ``torch==2.13.0``)."""
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        if re.match(rf"{name}\s*[=<>!~]", line):
-            return line.split("#")[0].strip()
-    raise AssertionError(f"{name} is not pinned in requirements.txt")
+def link_installed_torch(target: Path) -> list[str]:
+    """Symlink the installed torch distribution and the closure of its requirements (package
+    folders and ``.dist-info`` metadata) into ``target``; return the distributions linked.
+
+    The fresh environment then sees this torch build as installed (pip reads the metadata), the
+    way a reader who installed the CPU torch first has it, without copying a 700 MB wheel."""
+    import importlib.metadata as md
+
+    seen: list[str] = []
+    todo = ["torch"]
+    while todo:
+        name = todo.pop()
+        key = re.sub(r"[-_.]+", "-", name).lower()
+        if key in seen:
+            continue
+        seen.append(key)
+        dist = md.distribution(name)
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                todo.append(re.match(r"[A-Za-z0-9_.\-]+", req).group(0))
+        for top in sorted({Path(str(f)).parts[0] for f in dist.files or []}):
+            src = Path(str(dist.locate_file(top)))
+            if top in ("..", "__pycache__") or top.endswith(".pth") or not src.exists():
+                continue
+            if not (target / top).exists():
+                (target / top).symlink_to(src)
+    return seen
 
 
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_path):
-    """Build the wheel, install it into an empty virtual environment (torch first, the pinned
-    build, as the README says; everything else only from the wheel's declared dependencies), and
-    run the README's example there. It fails if the library imports a package it does not
-    declare (it did: ``export_peft`` needs safetensors), or if the example is out of date."""
+    """Build the wheel, install it into an empty virtual environment that has only torch (this
+    environment's pinned build, linked in: the README installs torch first), so that every other
+    package comes from the wheel's declared dependencies, and run the README's example there. It
+    fails if the library imports a package it does not declare (it did: ``export_peft`` needs
+    safetensors), or if the example is out of date."""
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
@@ -65,13 +87,22 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_pa
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", pinned("torch"),
-                              str(wheel)], capture_output=True, text=True)
+    purelib = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = subprocess.run([str(python), "-c", purelib], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    linked = tmp_path / "torch_only"
+    linked.mkdir()
+    assert "torch" in link_installed_torch(linked)
+    Path(site, "installed_torch.pth").write_text(f"{linked}\n")
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)],
+                             capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-3000:]
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"],
                             capture_output=True, text=True, check=True).stdout.lower()
     for peer in ("peft", "bitsandbytes", "transformers", "matplotlib"):
         assert f"\n{peer}==" not in "\n" + listed, f"{peer} was installed by the wheel"
+    for needed in ("numpy", "scipy", "safetensors", "tokenizers"):   # from the wheel's metadata
+        assert f"\n{needed}==" in "\n" + listed, f"{needed} was not installed by the wheel"
     work = tmp_path / "work"
     work.mkdir()
     script = work / "example.py"
