@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import re
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -73,17 +72,13 @@ def link_installed_torch(target: Path) -> list[str]:
     return seen
 
 
-def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_path):
+def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_path, built_wheel):
     """Build the wheel, install it into an empty virtual environment that has only torch (this
     environment's pinned build, linked in: the README installs torch first), so that every other
     package comes from the wheel's declared dependencies, and run the README's example there. It
     fails if the library imports a package it does not declare (it did: ``export_peft`` needs
     safetensors), or if the example is out of date."""
-    wheels = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT)],
-                   check=True, capture_output=True, text=True)
-    (wheel,) = wheels.glob("lora_edu-*.whl")
+    wheel = built_wheel
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
