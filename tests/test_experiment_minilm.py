@@ -1,0 +1,225 @@
+"""Fast tests of chapter 9's experiment script (experiments/minilm_supersenses.py).
+
+Tiny step counts only: the accounting is checked against hand counts from the layer shapes of
+MiniLM-L6 (6 layers, hidden 384, FFN 1536, 10 classes), the training-state bytes against the
+bytes actually held after an optimizer step, evaluation against one-text-at-a-time predictions,
+the ΔW rank analysis against matrices of known rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pytest
+import torch
+from helpers import ROOT, require
+from torch import nn
+
+if str(ROOT) not in sys.path:                 # experiments/ sits at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from experiments import minilm_supersenses as E  # noqa: E402
+from lora_edu.adapter import adapter_layers  # noqa: E402
+from lora_edu.lora import lora_layers  # noqa: E402
+from lora_edu.memory import measure_state_bytes  # noqa: E402
+
+H, FFN, LAYERS, CLASSES = 384, 1536, 6, 10
+HEAD = H * CLASSES + CLASSES
+CFG = dataclasses.replace(E.FULL, steps=3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    return E._data(CFG.max_length)
+
+
+def _subset(split: E.TokenizedSplit, index: torch.Tensor) -> E.TokenizedSplit:
+    ids, mask, y = split.batch(index)
+    return E.TokenizedSplit(ids, mask, mask.sum(dim=1), y)
+
+
+# ------------------------------------------------------------------ accounting (hand counts)
+
+def _hand_trainable(method: str) -> int:
+    attn = 4 * (H * H + H)                                    # query, key, value, attn out
+    ffn = (H * FFN + FFN) + (FFN * H + H)
+    norms = 2 * 2 * H
+    per_rank = {"square": H + H, "ffn": H + FFN}               # r·(d + k) per rank unit
+    if method == "frozen":
+        body = 0
+    elif method == "full":
+        body = LAYERS * (attn + ffn + norms)
+    elif method in ("lora_qv", "qlora_qv"):
+        body = LAYERS * 2 * CFG.r * per_rank["square"]
+    elif method == "lora_all":
+        body = LAYERS * CFG.r_all * (4 * per_rank["square"] + 2 * per_rank["ffn"])
+    elif method == "adalora":                                 # P, λ, Q: r·(d + k + 1)
+        body = LAYERS * CFG.adalora_init_r * (4 * (per_rank["square"] + 1)
+                                              + 2 * (per_rank["ffn"] + 1))
+    else:                                                     # 12 adapters of 2·d·m + d + m
+        m = CFG.adapter_bottleneck
+        body = 2 * LAYERS * (2 * H * m + H + m)
+    return body + HEAD
+
+
+@pytest.mark.parametrize("method", E.METHODS)
+def test_trainable_parameters_match_hand_counts(method):
+    model = E.build_model(method, 0, CFG)
+    assert E.trainable_parameters(model) == _hand_trainable(method)
+    assert not any(p.requires_grad for p in model.bert.embeddings.parameters())
+    assert not any(p.requires_grad for p in model.bert.pooler.parameters())
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
+def test_budgets_are_similar_to_lora_qv():
+    qv = _hand_trainable("lora_qv") - HEAD
+    for method in ("lora_all", "adapters"):
+        assert 0.9 * qv <= _hand_trainable(method) - HEAD <= 1.25 * qv
+
+
+def test_adapters_sit_after_attention_output_and_ffn_output():
+    names = sorted(adapter_layers(E.build_model("adapters", 0, CFG).bert))
+    expected = sorted([f"encoder.layer.{i}.attention.output.dense" for i in range(LAYERS)]
+                      + [f"encoder.layer.{i}.output.dense" for i in range(LAYERS)])
+    assert names == expected
+
+
+def test_all_linear_selects_the_36_matrices_and_not_the_pooler():
+    names = sorted(lora_layers(E.build_model("lora_all", 0, CFG).bert))
+    assert len(names) == 6 * LAYERS
+    assert all(n.startswith("encoder.layer.") for n in names)
+
+
+def test_training_state_bytes_hand_count_and_measured(data):
+    model = E.build_model("lora_qv", 0, CFG)
+    total_params = sum(p.numel() for p in model.parameters())
+    trainable = _hand_trainable("lora_qv")
+    got = E.training_state_bytes(model)
+    # float32 weights + one bool "merged" flag per LoRA layer (12 layers)
+    assert got["stored"] == 4 * total_params + 2 * LAYERS
+    assert got["grads_and_adam"] == 3 * 4 * trainable           # grad + two Adam moments
+    # after a real step: the bytes held by weights, grads and Adam state (less its step counters)
+    opt = E._optimizer(model, "lora_qv", 1e-3, 1e-3)
+    ids, mask, y = data["train"].batch(torch.arange(8))
+    nn.functional.cross_entropy(model(ids, mask), y).backward()
+    opt.step()
+    measured = measure_state_bytes(model, opt)
+    step_counters = sum(s["step"].numel() * s["step"].element_size() for s in opt.state.values())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert measured.weights + buffers + measured.gradients + measured.optimizer \
+        - step_counters == got["total"]
+
+
+def test_qlora_stores_the_36_matrices_in_nf4_with_double_quant():
+    lora = E.training_state_bytes(E.build_model("lora_qv", 0, CFG))["stored"]
+    qlora = E.training_state_bytes(E.build_model("qlora_qv", 0, CFG))["stored"]
+    n = LAYERS * (4 * H * H + 2 * H * FFN)                      # the 36 weight matrices
+    # fp32 (4 bytes) → 4-bit codes + one 8-bit constant per 64 + one fp32 per 256 constants
+    saving = n * 4 - n // 2 - n // 64 - 4 * (n // 64 // 256)
+    assert abs((lora - qlora) - saving) <= 36 * 16               # a few bytes per layer at most
+
+
+# ------------------------------------------------------------------ data, training, evaluation
+
+def test_batches_cover_each_epoch_once_and_pad_less(data):
+    split = data["train"]
+    n = len(split)
+    steps = 2 * (n // 32 + 1)
+    bs = E.batches(split, 32, steps, seed=3)
+    first = torch.cat(bs[: n // 32 + 1])
+    assert sorted(first.tolist()) == list(range(n))
+    width = sum(int(split.lengths[b].max()) * len(b) for b in bs[:20])
+    g = torch.Generator().manual_seed(3)
+    rand = [torch.randperm(n, generator=g)[:32] for _ in range(20)]
+    assert width < sum(int(split.lengths[b].max()) * len(b) for b in rand)
+
+
+def test_train_changes_only_the_adapter_and_head(data):
+    model = E.build_model("lora_qv", 0, CFG)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = E.train(model, "lora_qv", data["train"], 3, 1e-3, 0, CFG)
+    assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p)
+        if "lora_A" in n or "lora_B" in n or n.startswith("head."):
+            assert changed, n
+        else:
+            assert not changed, n
+
+
+def test_adalora_prunes_to_lora_qv_budget(data):
+    cfg = dataclasses.replace(CFG, steps=5)
+    model = E.build_model("adalora", 0, cfg)
+    result = E.train(model, "adalora", data["train"], 5, 1e-3, 0, cfg)
+    assert sum(result.ranks.values()) == cfg.r * 2 * LAYERS
+    table = E.allocation_table(result.ranks)
+    assert sorted(table) == sorted(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"])
+    assert sum(map(sum, table.values())) == cfg.r * 2 * LAYERS
+
+
+def test_evaluate_matches_one_text_at_a_time(data):
+    model = E.build_model("lora_qv", 1, CFG)
+    with torch.no_grad():                                     # a non-trivial adapter
+        for layer in lora_layers(model.bert).values():
+            layer.lora_B.normal_(0, 0.05)
+    sub = _subset(data["validation"], torch.arange(0, 600, 30))
+    hits = 0
+    with torch.no_grad():
+        for i in range(len(sub)):
+            ids, mask, y = sub.batch(torch.tensor([i]))
+            hits += int(model(ids, mask).argmax() == y[0])
+    assert E.evaluate(model, sub, batch_size=7) == hits / len(sub)
+
+
+def test_allocation_table_by_layer_and_type():
+    ranks = {"bert.encoder.layer.5.output.dense": 3, "bert.encoder.layer.0.attention.self.key": 1,
+             "bert.encoder.layer.2.attention.output.dense": 2}
+    table = E.allocation_table(ranks)
+    assert table["ffn_out"] == [0, 0, 0, 0, 0, 3]
+    assert table["key"] == [1, 0, 0, 0, 0, 0]
+    assert table["attn_out"] == [0, 0, 2, 0, 0, 0]
+
+
+# ------------------------------------------------------------------ analyses
+
+def test_delta_w_ranks_of_a_known_low_rank_update():
+    g = torch.Generator().manual_seed(0)
+    w0 = {"a": torch.randn(64, 96, generator=g), "b": torch.randn(32, 32, generator=g)}
+    u, v = torch.randn(64, 2, generator=g), torch.randn(2, 96, generator=g)
+    w1 = {"a": w0["a"] + u @ v, "b": w0["b"] + torch.randn(32, 32, generator=g)}
+    out = E.delta_w_ranks(w0, w1)
+    assert out["a"]["effective_rank"] <= 2
+    assert out["a"]["random_effective_rank"] > 20            # a Gaussian 64×96 is nearly full
+    assert out["a"]["full_rank"] == 64
+    expected = float(torch.linalg.matrix_norm((u @ v).double())
+                     / torch.linalg.matrix_norm(w0["a"].double()))
+    assert out["a"]["relative_norm"] == pytest.approx(expected, rel=1e-6)
+    assert out["b"]["effective_rank"] > 10
+
+
+def test_lora_subspace_similarity_identical_and_nested():
+    g = torch.Generator().manual_seed(1)
+    a16 = torch.randn(16, 384, generator=g, dtype=torch.float64)
+    grid = E.lora_subspace_similarity({"q": a16[:4] * 3.0}, {"q": a16})
+    assert len(grid["q"]) == 4 and len(grid["q"][0]) == 16
+    # the row space of 3·A[:4] lies inside that of A: φ(i=4, j=16) = 1
+    assert grid["q"][3][15] == pytest.approx(1.0, abs=1e-12)
+
+
+# ------------------------------------------------------------------ interop with PEFT
+
+def test_exported_adapter_matches_peft_and_merge(tmp_path):
+    require("peft")
+    require("transformers")
+    model = E.build_model("lora_qv", 2, CFG)
+    with torch.no_grad():
+        for layer in lora_layers(model.bert).values():
+            layer.lora_B.normal_(0, 0.05)
+    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    out = E.peft_interop(CFG, state, tmp_path, texts=64)
+    assert out["pooled_rel_diff"] <= 1e-5
+    assert out["logits_rel_diff"] <= 1e-5
+    assert out["merged_logits_rel_diff"] <= 1e-5
+    assert out["merged_plain_linear"] is True
