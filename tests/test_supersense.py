@@ -1,4 +1,4 @@
-"""Fast tests of chapter 9's experiment script (experiments/minilm_supersenses.py).
+"""Fast tests of chapter 9's fine-tuning set-up (lora_edu.supersense) and its experiment script.
 
 Tiny step counts only: the accounting is checked against hand counts from the layer shapes of
 MiniLM-L6 (6 layers, hidden 384, FFN 1536, 10 classes), the training-state bytes against the
@@ -16,13 +16,10 @@ import torch
 from helpers import ROOT, require
 from torch import nn
 
-if str(ROOT) not in sys.path:                 # experiments/ sits at the repository root
-    sys.path.insert(0, str(ROOT))
-
-from experiments import minilm_supersenses as E  # noqa: E402
-from lora_edu.adapter import adapter_layers  # noqa: E402
-from lora_edu.lora import lora_layers  # noqa: E402
-from lora_edu.memory import measure_state_bytes  # noqa: E402
+from lora_edu import supersense as E
+from lora_edu.adapter import adapter_layers
+from lora_edu.lora import lora_layers
+from lora_edu.memory import measure_state_bytes
 
 H, FFN, LAYERS, CLASSES = 384, 1536, 6, 10
 HEAD = H * CLASSES + CLASSES
@@ -32,7 +29,7 @@ CFG = dataclasses.replace(E.FULL, steps=3)
 @pytest.fixture(scope="module")
 def data():
     torch.set_num_threads(1)
-    return E._data(CFG.max_length)
+    return E.supersense_splits(CFG.max_length)
 
 
 def _subset(split: E.TokenizedSplit, index: torch.Tensor) -> E.TokenizedSplit:
@@ -127,7 +124,7 @@ def test_batches_cover_each_epoch_once_and_pad_less(data):
     split = data["train"]
     n = len(split)
     steps = 2 * (n // 32 + 1)
-    bs = E.batches(split, 32, steps, seed=3)
+    bs = E.length_batches(split, 32, steps, seed=3)
     first = torch.cat(bs[: n // 32 + 1])
     assert sorted(first.tolist()) == list(range(n))
     width = sum(int(split.lengths[b].max()) * len(b) for b in bs[:20])
@@ -139,7 +136,7 @@ def test_batches_cover_each_epoch_once_and_pad_less(data):
 def test_train_changes_only_the_adapter_and_head(data):
     model = E.build_model("lora_qv", 0, CFG)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = E.train(model, "lora_qv", data["train"], 3, 1e-3, 0, CFG)
+    result = E.train_classifier(model, "lora_qv", data["train"], 3, 1e-3, 0, CFG)
     assert len(result.losses) == 3 and all(torch.isfinite(torch.tensor(result.losses)))
     for n, p in model.named_parameters():
         changed = not torch.equal(before[n], p)
@@ -152,10 +149,10 @@ def test_train_changes_only_the_adapter_and_head(data):
 def test_adalora_prunes_to_lora_qv_budget(data):
     cfg = dataclasses.replace(CFG, steps=5)
     model = E.build_model("adalora", 0, cfg)
-    result = E.train(model, "adalora", data["train"], 5, 1e-3, 0, cfg)
+    result = E.train_classifier(model, "adalora", data["train"], 5, 1e-3, 0, cfg)
     assert sum(result.ranks.values()) == cfg.r * 2 * LAYERS
     table = E.allocation_table(result.ranks)
-    assert sorted(table) == sorted(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"])
+    assert sorted(table) == sorted(E.MATRIX_KINDS.values())
     assert sum(map(sum, table.values())) == cfg.r * 2 * LAYERS
 
 
@@ -170,16 +167,16 @@ def test_evaluate_matches_one_text_at_a_time(data):
         for i in range(len(sub)):
             ids, mask, y = sub.batch(torch.tensor([i]))
             hits += int(model(ids, mask).argmax() == y[0])
-    assert E.evaluate(model, sub, batch_size=7) == hits / len(sub)
+    assert E.evaluate_accuracy(model, sub, batch_size=7) == hits / len(sub)
 
 
 def test_allocation_table_by_layer_and_type():
     ranks = {"bert.encoder.layer.5.output.dense": 3, "bert.encoder.layer.0.attention.self.key": 1,
              "bert.encoder.layer.2.attention.output.dense": 2}
     table = E.allocation_table(ranks)
-    assert table["ffn_out"] == [0, 0, 0, 0, 0, 3]
-    assert table["key"] == [1, 0, 0, 0, 0, 0]
-    assert table["attn_out"] == [0, 0, 2, 0, 0, 0]
+    assert table["W_2 (FFN out)"] == [0, 0, 0, 0, 0, 3]
+    assert table["W_k"] == [1, 0, 0, 0, 0, 0]
+    assert table["W_o"] == [0, 0, 2, 0, 0, 0]
 
 
 # ------------------------------------------------------------------ analyses
@@ -218,8 +215,68 @@ def test_exported_adapter_matches_peft_and_merge(tmp_path):
         for layer in lora_layers(model.bert).values():
             layer.lora_B.normal_(0, 0.05)
     state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    out = E.peft_interop(CFG, state, tmp_path, texts=64)
+    if str(ROOT) not in sys.path:             # experiments/ sits at the repository root
+        sys.path.insert(0, str(ROOT))
+    from experiments.minilm_supersenses import peft_interop
+
+    out = peft_interop(CFG, state, tmp_path, texts=64)
     assert out["pooled_rel_diff"] <= 1e-5
     assert out["logits_rel_diff"] <= 1e-5
     assert out["merged_logits_rel_diff"] <= 1e-5
     assert out["merged_plain_linear"] is True
+
+
+# ------------------------------------------------------------------ bad input
+
+BAD = [
+    ("method", lambda: E.build_model("lora", 0, CFG), ValueError),
+    ("seed", lambda: E.build_model("frozen", -1, CFG), ValueError),
+    ("seed", lambda: E.build_model("frozen", 0.5, CFG), TypeError),
+    ("cfg", lambda: E.build_model("frozen", 0, {"steps": 3}), TypeError),
+    ("r", lambda: E.build_model("lora_qv", 0, CFG, r=0), ValueError),
+    ("encoder", lambda: E.build_model("frozen", 0, CFG, encoder=nn.Linear(2, 2)), TypeError),
+    ("methods", lambda: dataclasses.replace(CFG, methods=("lora",)), ValueError),
+    ("methods", lambda: dataclasses.replace(CFG, methods=()), ValueError),
+    ("steps", lambda: dataclasses.replace(CFG, steps=0), ValueError),
+    ("seeds", lambda: dataclasses.replace(CFG, seeds=(0, 0)), ValueError),
+    ("grids", lambda: dataclasses.replace(CFG, grids={"frozen": (1e-2,)}), ValueError),
+    ("grids", lambda: dataclasses.replace(CFG, grids={m: (-1.0,) for m in E.METHODS}),
+     ValueError),
+    ("t_init_frac", lambda: dataclasses.replace(CFG, t_init_frac=0.9), ValueError),
+    ("pairs", lambda: E.tokenize_split([]), ValueError),
+    ("pairs", lambda: E.tokenize_split([("a text", "noun.act")]), TypeError),
+    ("split", lambda: E.length_batches([1, 2], 2, 2, 0), TypeError),
+    ("w0", lambda: E.delta_w_ranks({}, {}), ValueError),
+    ("w1", lambda: E.delta_w_ranks({"a": torch.ones(2, 3)}, {"a": torch.ones(3, 2)}),
+     ValueError),
+    ("a_small", lambda: E.lora_subspace_similarity({"q": torch.ones(2, 4)}, {}), ValueError),
+    ("ranks", lambda: E.allocation_table({"encoder.layer.0.attention.self.gate": 2}),
+     ValueError),
+    ("model", lambda: E.trainable_parameters("model"), TypeError),
+]
+
+
+@pytest.mark.parametrize("name,call,exc", BAD, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_is_rejected_naming_the_argument(name, call, exc):
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value).startswith(name), str(info.value)
+
+
+def test_length_batches_argument_checks(data):
+    with pytest.raises(ValueError, match="^batch_size"):
+        E.length_batches(data["validation"], 0, 2, 0)
+    with pytest.raises(TypeError, match="^steps"):
+        E.length_batches(data["validation"], 4, 2.0, 0)
+    with pytest.raises(ValueError, match="^index"):
+        data["validation"].batch(torch.tensor([], dtype=torch.int64))
+
+
+def test_train_classifier_argument_checks(data):
+    model = E.build_model("frozen", 0, CFG)
+    with pytest.raises(ValueError, match="^method"):
+        E.train_classifier(model, "lora", data["train"], 3, 1e-3, 0, CFG)
+    with pytest.raises(ValueError, match="^lr"):
+        E.train_classifier(model, "frozen", data["train"], 3, 0.0, 0, CFG)
+    with pytest.raises(TypeError, match="^model"):
+        E.train_classifier(nn.Linear(2, 2), "frozen", data["train"], 3, 1e-3, 0, CFG)
