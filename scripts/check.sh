@@ -32,11 +32,15 @@ source scripts/steps.sh
 portable_kernels() { ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 "$@"; }
 fresh_book_build() { rm -rf _build && build_book -W; }
 
-# The per-cell timeout is a safety net for a very busy machine; an idle one needs under 60 s
-# for a whole chapter.
-NBVAL=(--nbval --nbval-current-env --nbval-cell-timeout=900 book)
+# Both cores work: pytest-xdist runs two worker processes. The library tests go to them file by
+# file (a file's module fixtures are built once); the notebooks notebook by notebook
+# (--dist loadscope keeps a notebook's cells in order in one kernel). The per-cell timeout is a
+# safety net for a very busy machine; an idle one needs under 60 s for a chapter (chapter 9:
+# under 240 s).
+PARALLEL=(-n 2)
+NBVAL=("${PARALLEL[@]}" --dist loadscope --nbval --nbval-current-env --nbval-cell-timeout=900 book)
 step "ruff" .venv/bin/ruff check .
-step "library tests" run_pytest tests
+step "library tests" run_pytest "${PARALLEL[@]}" --dist loadfile tests
 step "notebooks, native CPU kernels (nbval re-executes every chapter, compares stored outputs)" \
   run_pytest "${NBVAL[@]}"
 step "notebooks again, portable CPU kernels (ATEN_CPU_CAPABILITY=default, MKL SSE4.2), no re-saving" \

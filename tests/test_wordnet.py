@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -265,17 +264,6 @@ def test_the_licence_ships_beside_the_data_and_in_its_header():
     assert "THIS SOFTWARE AND DATABASE IS PROVIDED \"AS IS\"" in licence
     header = " ".join(c.lstrip("#") for c in comments)
     assert " ".join(words(licence)) in " ".join(words(header))
-
-
-def test_the_wheel_carries_the_data(built_wheel):
-    with zipfile.ZipFile(built_wheel) as zf:
-        names = set(zf.namelist())
-        for path in (SHIPPED, LICENSE, DATA / "README.md"):
-            member = f"lora_edu/data/{path.name}"
-            assert member in names
-            assert zf.read(member) == path.read_bytes()
-        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
-        assert re.search(r"^Requires-Dist: tokenizers", zf.read(metadata).decode(), re.M)
 
 
 # --------------------------------------------------------------------------- with WordNet itself
