@@ -88,7 +88,8 @@ __all__ = [
     "METHODS", "ALL_LINEAR", "QV", "ADAPTER_TARGETS", "MATRIX_KINDS", "RunConfig", "FULL",
     "TokenizedSplit", "tokenize_split", "supersense_splits", "length_batches",
     "SupersenseClassifier", "build_model", "trainable_parameters", "training_state_bytes",
-    "TrainResult", "train_classifier", "evaluate_accuracy", "encoder_matrices", "delta_w_ranks",
+    "TrainResult", "train_classifier", "evaluate_accuracy", "pooled_features",
+    "fit_linear_probe", "encoder_matrices", "delta_w_ranks",
     "lora_subspace_similarity", "allocation_table", "run_one", "run_experiment",
 ]
 
@@ -376,7 +377,8 @@ def _optimizer(model: SupersenseClassifier, method: str, lr: float, head_lr: flo
 
 
 def train_classifier(model: SupersenseClassifier, method: str, split: TokenizedSplit,
-                     steps: int, lr: float, seed: int, cfg: RunConfig = FULL) -> TrainResult:
+                     steps: int, lr: float, seed: int, cfg: RunConfig = FULL,
+                     stop_after: int | None = None) -> TrainResult:
     """Fine-tune ``model`` (built by :func:`build_model` for ``method``) on ``split``.
 
     Adam (learning rate ``lr`` for the adapted encoder weights, ``cfg.head_lr`` for the head;
@@ -386,7 +388,9 @@ def train_classifier(model: SupersenseClassifier, method: str, split: TokenizedS
     seeded here with ``seed``. AdaLoRA adds the orthogonality penalty R(P, Q) with γ = 0.1
     (source §3.2 (1)) and steps a :class:`~lora_edu.adalora.RankAllocator` between backward and
     the optimizer step (cubic schedule, from all triplets down to ``cfg.r`` × 12); its final
-    pattern is applied at the end. Returns a :class:`TrainResult`; the model is left in eval mode.
+    pattern is applied at the end. ``stop_after``: run only the first ``stop_after`` of the
+    ``steps`` steps (same batches and schedule; for checking a stored run's first losses).
+    Returns a :class:`TrainResult`; the model is left in eval mode.
     """
     check_instance("model", model, SupersenseClassifier)
     check_one_of("method", method, METHODS)
@@ -395,6 +399,7 @@ def train_classifier(model: SupersenseClassifier, method: str, split: TokenizedS
     lr = check_float("lr", lr, 0.0, min_inclusive=False)
     seed = check_seed("seed", seed)
     check_instance("cfg", cfg, RunConfig)
+    last = steps if stop_after is None else check_int("stop_after", stop_after, 1, steps)
     torch.manual_seed(seed)
     opt = _optimizer(model, method, lr, cfg.head_lr)
     warm = max(1, steps // 10)
@@ -407,7 +412,8 @@ def train_classifier(model: SupersenseClassifier, method: str, split: TokenizedS
                                   t_final=max(1, int(cfg.t_final_frac * steps)))
     model.train()
     losses, times = [], []
-    for step, index in enumerate(length_batches(split, cfg.batch_size, steps, seed), start=1):
+    for step, index in enumerate(length_batches(split, cfg.batch_size, steps, seed)[:last],
+                                 start=1):
         t0 = time.perf_counter()
         ids, mask, y = split.batch(index)
         loss = nn.functional.cross_entropy(model(ids, mask), y)
@@ -444,6 +450,62 @@ def evaluate_accuracy(model: nn.Module, split: TokenizedSplit, batch_size: int =
         ids, mask, y = split.batch(order[i:i + batch_size])
         correct += int((model(ids, mask).argmax(dim=-1) == y).sum())
     return correct / len(split)
+
+
+# --------------------------------------------------------------------------- the linear probe
+
+@torch.no_grad()
+def pooled_features(encoder: nn.Module, split: TokenizedSplit, batch_size: int = 128) -> Tensor:
+    """The sentence embedding of every text of ``split``, in order: mean-pooled last hidden
+    states of ``encoder`` (eval mode, no dropout), shape (n, hidden), float64."""
+    check_instance("encoder", encoder, nn.Module)
+    check_instance("split", split, TokenizedSplit)
+    batch_size = check_int("batch_size", batch_size, 1)
+    encoder.eval()
+    out = []
+    for i in range(0, len(split), batch_size):
+        ids, mask, _ = split.batch(torch.arange(i, min(i + batch_size, len(split))))
+        out.append(mean_pool(encoder(ids, mask), mask).double())
+    return torch.cat(out)
+
+
+def fit_linear_probe(features: Tensor, labels: Tensor, n_classes: int, weight_decay: float,
+                     max_iter: int = 500) -> tuple[Tensor, Tensor]:
+    """A linear classifier on frozen features, fitted to convergence: multinomial logistic
+    regression, min over W, b of (1/n)·Σ_i CE(W·x_i + b, y_i) + weight_decay·‖W‖_F²,
+
+    by L-BFGS (strong Wolfe line search) in float64 from W = 0, b = 0. The objective is convex
+    (strictly in W for ``weight_decay`` > 0), so the result depends on no seed. The best a new
+    head can do on the frozen network: the floor of fine-tuning at its best.
+
+    ``features`` (n, k) floating, ``labels`` (n,) ints in [0, ``n_classes``), ``weight_decay`` a
+    real ≥ 0, ``max_iter`` an int ≥ 1. Returns ``(W, b)``: (n_classes, k) and (n_classes,).
+    """
+    check_tensor("features", features, 2, floating=True)
+    check_tensor("labels", labels, 1)
+    n_classes = check_int("n_classes", n_classes, 2)
+    if labels.shape[0] != features.shape[0]:
+        raise ValueError(f"labels must have one entry per row of features "
+                         f"({features.shape[0]}), got {labels.shape[0]}")
+    if labels.is_floating_point() or labels.min() < 0 or labels.max() >= n_classes:
+        raise ValueError(f"labels must be ints in [0, {n_classes})")
+    weight_decay = check_float("weight_decay", weight_decay, 0.0)
+    max_iter = check_int("max_iter", max_iter, 1)
+    x, y = features.double(), labels.long()
+    W = torch.zeros(n_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], max_iter=max_iter, tolerance_grad=1e-10,
+                            tolerance_change=1e-14, history_size=20, line_search_fn="strong_wolfe")
+
+    def objective() -> Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(x @ W.T + b, y) + weight_decay * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(objective)
+    return W.detach(), b.detach()
 
 
 # --------------------------------------------------------------------------- analyses
@@ -541,13 +603,13 @@ def run_one(job: Mapping[str, Any]) -> dict[str, Any]:
     w0 = encoder_matrices(model.bert) if job.get("delta_w") else None
     t0 = time.perf_counter()
     result = train_classifier(model, job["method"], data["train"], cfg.steps, job["lr"],
-                              job["seed"], cfg)
+                              job["seed"], cfg, stop_after=job.get("stop_after"))
     out: dict[str, Any] = {k: job[k] for k in ("method", "lr", "seed")}
     out.update(r=job.get("r"), train_seconds=time.perf_counter() - t0,
                seconds_per_step=result.seconds_per_step, losses=result.losses,
                trainable=trainable_parameters(model), bytes=training_state_bytes(model),
                ranks=result.ranks)
-    for split in job["score"]:
+    for split in () if job.get("stop_after") else job["score"]:
         out[split] = evaluate_accuracy(model, data[split])
     if w0 is not None:
         out["delta_w"] = delta_w_ranks(w0, encoder_matrices(model.bert))

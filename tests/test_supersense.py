@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import ROOT, require
@@ -179,6 +180,72 @@ def test_allocation_table_by_layer_and_type():
     assert table["W_o"] == [0, 0, 2, 0, 0, 0]
 
 
+def test_stop_after_runs_the_first_steps_of_the_same_schedule(data):
+    cfg = dataclasses.replace(CFG, steps=6)
+    whole = E.train_classifier(E.build_model("lora_qv", 4, cfg), "lora_qv", data["train"], 6,
+                               3e-3, 4, cfg)
+    first = E.train_classifier(E.build_model("lora_qv", 4, cfg), "lora_qv", data["train"], 6,
+                               3e-3, 4, cfg, stop_after=3)
+    assert first.losses == whole.losses[:3]
+    with pytest.raises(ValueError, match="^stop_after"):
+        E.train_classifier(E.build_model("frozen", 0, cfg), "frozen", data["train"], 6, 1e-2, 0,
+                           cfg, stop_after=7)
+
+
+# ------------------------------------------------------------------ the linear probe
+
+def test_linear_probe_reaches_the_optimum_scipy_finds():
+    """The same convex objective minimised by scipy's L-BFGS-B (an independent optimiser)."""
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    g = torch.Generator().manual_seed(5)
+    n, k, c, wd = 200, 12, 4, 1e-2
+    x = torch.randn(n, k, generator=g, dtype=torch.float64)
+    y = (x[:, :c] + 0.8 * torch.randn(n, c, generator=g, dtype=torch.float64)).argmax(dim=1)
+    W, b = E.fit_linear_probe(x, y, c, wd)
+    X, Y = x.numpy(), y.numpy()
+
+    def objective(theta):
+        Wt, bt = theta[:c * k].reshape(c, k), theta[c * k:]
+        z = X @ Wt.T + bt
+        p = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+        p[np.arange(n), Y] -= 1
+        value = np.mean(logsumexp(z, axis=1) - z[np.arange(n), Y]) + wd * np.sum(Wt ** 2)
+        grad_W = p.T @ X / n + 2 * wd * Wt
+        return value, np.concatenate([grad_W.ravel(), p.mean(axis=0)])
+
+    ref = minimize(objective, np.zeros(c * k + c), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 5000})
+    assert np.allclose(W.numpy().ravel(), ref.x[:c * k], atol=1e-5)
+    assert np.allclose(b.numpy(), ref.x[c * k:], atol=1e-5)
+    ours = objective(np.concatenate([W.numpy().ravel(), b.numpy()]))[0]
+    assert ours <= ref.fun + 1e-10
+
+
+def test_linear_probe_argument_checks():
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    with pytest.raises(ValueError, match="^labels"):
+        E.fit_linear_probe(x, y[:5], 3, 0.0)
+    with pytest.raises(ValueError, match="^labels"):
+        E.fit_linear_probe(x, y, 2, 0.0)
+    with pytest.raises(ValueError, match="^weight_decay"):
+        E.fit_linear_probe(x, y, 3, -1.0)
+    with pytest.raises(TypeError, match="^features"):
+        E.fit_linear_probe(x.numpy(), y, 3, 0.0)
+
+
+def test_pooled_features_are_the_classifiers_sentence_embeddings(data):
+    model = E.build_model("frozen", 0, CFG)
+    sub = _subset(data["test"], torch.arange(0, 600, 40))
+    feats = E.pooled_features(model.bert, sub, batch_size=4)
+    with torch.no_grad():
+        direct = torch.cat([model.pooled(*sub.batch(torch.tensor([i]))[:2])
+                            for i in range(len(sub))])
+    assert feats.dtype == torch.float64 and feats.shape == (len(sub), 384)
+    assert torch.allclose(feats.float(), direct, atol=1e-5)
+
+
 # ------------------------------------------------------------------ analyses
 
 def test_delta_w_ranks_of_a_known_low_rank_update():
@@ -280,3 +347,42 @@ def test_train_classifier_argument_checks(data):
         E.train_classifier(model, "frozen", data["train"], 3, 0.0, 0, CFG)
     with pytest.raises(TypeError, match="^model"):
         E.train_classifier(nn.Linear(2, 2), "frozen", data["train"], 3, 1e-3, 0, CFG)
+
+
+# ------------------------------------------------------------------ the committed record
+
+RECORD = ROOT / "experiments" / "results" / "minilm_supersenses.json"
+
+
+def test_the_committed_record_is_consistent_with_the_protocol():
+    """Chapter 9 reads this file: it must come from FULL's configuration, and its choices,
+    summaries and verdicts must follow from its own per-seed numbers."""
+    import json
+
+    from lora_edu.toy import SeedStats, compare_seeds
+
+    record = json.loads(RECORD.read_text(encoding="utf-8"))
+    assert record["config"] == json.loads(json.dumps(dataclasses.asdict(E.FULL)))
+    assert record["command"].endswith("-m experiments.minilm_supersenses --full")
+    stats = {}
+    for m in E.METHODS:
+        grid = [g for g in record["grid"] if g["method"] == m]
+        assert [g["lr"] for g in grid] == list(E.FULL.grids[m])
+        best = max(grid, key=lambda g: (g["validation"], -g["lr"]))
+        assert record["chosen"][m] == {"lr": best["lr"], "validation": best["validation"]}
+        runs = record["methods"][m]
+        assert sorted(runs["test"]) == [str(s) for s in E.FULL.seeds]
+        assert runs["test"]["0"] == best["test"]            # seed 0 is the chosen grid run
+        for acc in runs["test"].values():                   # k correct of 600 test texts
+            assert abs(acc * 600 - round(acc * 600)) < 1e-9
+        stats[m] = SeedStats(tuple(int(s) for s in runs["test"]), tuple(runs["test"].values()))
+        assert runs["summary"] == stats[m].fmt()
+        assert all(len(curve) == E.FULL.steps for curve in runs["losses"].values())
+        assert runs["trainable"] == _hand_trainable(m)
+    for pair, verdict in record["verdicts"].items():
+        a, b = pair.split(" vs ")
+        assert verdict == compare_seeds(stats[a], stats[b], E.FULL.margin)
+    for tables in record["methods"]["adalora"]["allocation"].values():
+        assert sum(map(sum, tables.values())) == E.FULL.r * 2 * LAYERS
+    assert len(record["delta_w"]) == 6 * LAYERS
+    assert record["interop"]["logits_rel_diff"] <= 1e-5
