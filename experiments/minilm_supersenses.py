@@ -34,9 +34,20 @@ import lora_edu
 from lora_edu.encoder import mean_pool, minilm_encoder
 from lora_edu.lora import export_peft, merge_lora
 from lora_edu.pretrained import minilm_file
-from lora_edu.supersense import FULL, RunConfig, build_model, run_experiment, supersense_splits
+from lora_edu.supersense import (
+    FULL,
+    RunConfig,
+    build_model,
+    fit_linear_probe,
+    pooled_features,
+    run_experiment,
+    supersense_splits,
+)
 
-__all__ = ["REDUCED", "peft_interop", "main"]
+__all__ = ["REDUCED", "PROBE_WEIGHT_DECAYS", "linear_probe_record", "peft_interop", "main"]
+
+#: The L2 strengths tried for the linear probe (chosen on validation).
+PROBE_WEIGHT_DECAYS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 
 #: A few minutes: three methods, fewer steps, two learning rates each.
 REDUCED = dataclasses.replace(
@@ -87,6 +98,24 @@ def peft_interop(cfg: RunConfig, state: dict[str, Tensor], directory: Path,
             "merged_logits_rel_diff": rel(logits_merged, logits), "merged_plain_linear": plain}
 
 
+def linear_probe_record(cfg: RunConfig = FULL) -> dict:
+    """The frozen floor at its best: a logistic regression on the pretrained sentence embeddings
+    (:func:`lora_edu.supersense.fit_linear_probe`, fitted to convergence, no seed involved), its
+    L2 strength chosen on the validation split from :data:`PROBE_WEIGHT_DECAYS`."""
+    torch.set_num_threads(1)
+    data = supersense_splits(cfg.max_length)
+    encoder = minilm_encoder()
+    feats = {s: pooled_features(encoder, split) for s, split in data.items()}
+    rows = []
+    for wd in PROBE_WEIGHT_DECAYS:
+        W, b = fit_linear_probe(feats["train"], data["train"].labels, 10, wd)
+        acc = {s: float(((feats[s] @ W.T + b).argmax(dim=1) == data[s].labels).double().mean())
+               for s in ("validation", "test")}
+        rows.append({"weight_decay": wd, **acc})
+    best = max(rows, key=lambda r: (r["validation"], r["weight_decay"]))   # ties: stronger L2
+    return {"grid": rows, "chosen": best}
+
+
 def _print(record: dict) -> None:
     print(f"{'method':10s} {'lr':>8s} {'val':>6s} {'test: mean ± std [min, max]':32s} "
           f"{'trainable':>10s} {'state MB':>9s} {'s/step':>7s}")
@@ -117,6 +146,10 @@ def _print(record: dict) -> None:
         print(f"φ(A_r4, A_r16, i, j) mean over W_q, W_v: φ(1,1) {grids[:, 0, 0].mean():.3f}, "
               f"φ(4,4) {grids[:, 3, 3].mean():.3f}, φ(4,16) {grids[:, 3, 15].mean():.3f} "
               f"(random subspaces of ℝ^384: about 1/384, 4/384, 16/384)")
+    if "linear_probe" in record:
+        c = record["linear_probe"]["chosen"]
+        print(f"linear probe (frozen floor at its best): weight decay {c['weight_decay']:g}, "
+              f"validation {c['validation']:.3f}, test {c['test']:.3f}")
     if "interop" in record:
         print("interop:", record["interop"])
     print(f"wall time {record['wall_seconds']:.0f} s")
@@ -127,13 +160,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--full", action="store_true", help="the whole experiment (about 35 min)")
     mode.add_argument("--reduced", action="store_true", help="the small version (minutes)")
+    mode.add_argument("--probe", action="store_true",
+                      help="(re)compute only the linear probe and add it to the full record")
     parser.add_argument("--workers", type=int, default=2,
                         help="fork worker processes (one thread each)")
     args = parser.parse_args(argv)
-    cfg = FULL if args.full else REDUCED
-    suffix = "" if args.full else "_reduced"
+    cfg = REDUCED if args.reduced else FULL
+    suffix = "_reduced" if args.reduced else ""
     out = Path(__file__).resolve().parent / "results" / f"minilm_supersenses{suffix}.json"
+    if args.probe:
+        record = json.loads(out.read_text(encoding="utf-8"))
+        record["linear_probe"] = linear_probe_record(cfg)
+        record["linear_probe_command"] = "python -m experiments.minilm_supersenses --probe"
+        _print(record)
+        out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"added the linear probe to {out}")
+        return 0
     record = run_experiment(cfg, args.workers, keep_state=True)
+    record["linear_probe"] = linear_probe_record(cfg)
     state = record.pop("lora_qv_state", None)
     if state is not None:
         with tempfile.TemporaryDirectory() as tmp:
