@@ -63,7 +63,8 @@ def test_every_notebook_is_in_toc_and_every_toc_entry_exists():
 
 def test_chapter_file_names_follow_fixed_numbering():
     fixed = {"01": "low_rank", "02": "lora", "03": "where_and_rank", "04": "nf4",
-             "05": "double_quant", "06": "qlora", "07": "adalora", "08": "comparison"}
+             "05": "double_quant", "06": "qlora", "07": "adalora", "08": "comparison",
+             "09": "real_model"}
     back_matter = {"claims.ipynb"}          # the claims ledger, after the chapters
     for nb in notebooks():
         if nb.name in back_matter:
