@@ -37,6 +37,14 @@ VERDICTS = {
     "not checked": "secondary",
 }
 
+#: The verdict of one piece of evidence on a real pretrained network (chapter 9), shown beside
+#: the row's verdict: the toy's verdicts are the rows' own.
+EVIDENCE_VERDICTS = {
+    "holds": "primary",
+    "partly holds": "warning",
+    "does not hold": "danger",
+}
+
 #: A reference to a glued value: ``{chapter::key}``.
 REFERENCE = re.compile(r"\{([0-9A-Za-z_]+)::([^{}:]+)\}")
 
@@ -108,8 +116,11 @@ def load_claims(path: Path = BOOK / "claims.yml") -> list[dict]:
         row["evidence"] = row.get("evidence") or []
         row["mechanism_tests"] = row.get("mechanism_tests") or []
         for ev in row["evidence"]:
-            if set(ev) != {"chapter", "anchor", "measured", "band", "tests"}:
+            if set(ev) - {"verdict"} != {"chapter", "anchor", "measured", "band", "tests"}:
                 raise ValueError(f"row {row['key']!r}: evidence fields {sorted(ev)}")
+            if "verdict" in ev and ev["verdict"] not in EVIDENCE_VERDICTS:
+                raise ValueError(f"row {row['key']!r}: an evidence verdict must be one of "
+                                 f"{list(EVIDENCE_VERDICTS)}")
             ev["tests"] = ev["tests"] or []
     return rows
 
@@ -157,6 +168,11 @@ def ledger_markdown(rows: list[dict], book: Path = BOOK) -> str:
             f"{{ref}}`§{section_number(ev['chapter'], ev['anchor'], book)} <{ev['anchor']}>`"
             for ev in row["evidence"]) or "—"
         badge = f"{{bdg-{VERDICTS[row['verdict']]}}}`{row['verdict']}`"
+        for ev in row["evidence"]:
+            if "verdict" in ev:
+                where = f"§{section_number(ev['chapter'], ev['anchor'], book)}"
+                badge += (f" {{bdg-{EVIDENCE_VERDICTS[ev['verdict']]}-line}}"
+                          f"`MiniLM ({where}): {ev['verdict']}`")
         lines += [f"* - {row['section']}",
                   f"  - {row['zh']}",
                   "",

@@ -91,6 +91,20 @@ def test_checked_rows_have_evidence_and_qualified_rows_say_why():
             assert r.get("why"), f"{r['key']}: a qualified verdict says why"
 
 
+def test_real_model_evidence_has_its_own_verdict_and_the_toy_rows_keep_theirs():
+    """Chapter 9's evidence (MiniLM-L6 on real text) gives a verdict of its own, shown beside the
+    row's; the other chapters' evidence is the row's verdict."""
+    real = [(r["key"], ev) for r in ROWS for ev in r["evidence"]
+            if ev["chapter"] == "09_real_model"]
+    assert len(real) >= 6, "chapter 9 gives real-model evidence for the note's main claims"
+    for key, ev in real:
+        assert ev.get("verdict") in ledger.EVIDENCE_VERDICTS, key
+    for r in ROWS:
+        for ev in r["evidence"]:
+            if ev["chapter"] != "09_real_model":
+                assert "verdict" not in ev, r["key"]
+
+
 def test_the_ledger_page_shows_the_rows_and_the_chapters_as_they_are_now():
     """A re-run chapter whose glued values changed, or an edited row, makes the stored ledger
     page stale: this fails until the ledger page is re-executed."""
@@ -127,6 +141,11 @@ def test_bad_rows_are_refused(tmp_path):
         ledger.load_claims(path)
     path.write_text("- {key: k, section: '§1', zh: 中, en: en, verdict: exact}\n")
     with pytest.raises(ValueError, match="origin"):
+        ledger.load_claims(path)
+    path.write_text("- {key: k, section: '§1', zh: 中, en: en, origin: o, verdict: exact,\n"
+                    "   evidence: [{chapter: c, anchor: a, measured: m, band: b, tests: [],\n"
+                    "               verdict: maybe}]}\n")
+    with pytest.raises(ValueError, match="evidence verdict"):
         ledger.load_claims(path)
 
 
