@@ -626,7 +626,9 @@ def _one_thread() -> None:
 
 
 def _map(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
+    # worker processes by fork (they inherit the tokenized splits); one after another where the
+    # platform has no fork (Windows)
+    if workers <= 1 or "fork" not in mp.get_all_start_methods():
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -654,7 +656,8 @@ def run_experiment(cfg: RunConfig = FULL, workers: int = 2, keep_state: bool = F
        :func:`lora_subspace_similarity` of LoRA r = 4 against r = 16 on W_q, W_v (seed 0, the
        rate chosen for r = ``cfg.r``).
 
-    Runs go to ``workers`` fork processes of one thread each (1: in this process, one thread).
+    Runs go to ``workers`` fork processes of one thread each (1, or a platform without fork: in
+    this process, one thread).
     ``keep_state``: also return the chosen ``lora_qv`` run's trainable tensors under
     ``"lora_qv_state"`` (not JSON-able; for an export check).
     """
