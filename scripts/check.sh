@@ -37,7 +37,8 @@ fresh_book_build() { rm -rf _build && build_book -W; }
 # (--dist loadscope keeps a notebook's cells in order in one kernel). The per-cell timeout is a
 # safety net for a very busy machine; an idle one needs under 60 s for a chapter (chapter 9:
 # under 240 s).
-PARALLEL=(-n 2)
+# --durations: the slowest tests and notebook cells of each step, for keeping the check in budget.
+PARALLEL=(-n 2 --durations=12)
 NBVAL=("${PARALLEL[@]}" --dist loadscope --nbval --nbval-current-env --nbval-cell-timeout=900 book)
 step "ruff" .venv/bin/ruff check .
 step "library tests" run_pytest "${PARALLEL[@]}" --dist loadfile tests
