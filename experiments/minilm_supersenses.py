@@ -1,7 +1,7 @@
 """Chapter 9's full experiment: all-MiniLM-L6-v2 fine-tuned on WordNet noun supersenses.
 
 The protocol, the methods and every function are in :mod:`lora_edu.supersense`; this script runs
-:func:`lora_edu.supersense.run_experiment` on its full configuration (or a reduced one), adds the
+:func:`lora_edu.supersense.run_experiment` on its full configuration, adds the
 interoperability check with Hugging Face PEFT (``peft`` and ``transformers`` are test-only
 requirements of the repository, imported here and never by ``lora_edu``), prints a summary and
 writes the whole record — every per-seed number, the grid's validation scores, the chosen
@@ -9,17 +9,16 @@ settings, the versions, the command and the date — as JSON. Chapter 9 reads th
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m experiments.minilm_supersenses --full      # about 35 min on 2 cores
-    .venv/bin/python -m experiments.minilm_supersenses --reduced   # a few minutes
+    .venv/bin/python -m experiments.minilm_supersenses --full      # about 40 min on 2 cores
+    .venv/bin/python -m experiments.minilm_supersenses --probe     # only the linear probe, added
 
-They write ``experiments/results/minilm_supersenses.json`` and ``…_reduced.json``.
+Both write ``experiments/results/minilm_supersenses.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import sys
 import tempfile
@@ -44,16 +43,10 @@ from lora_edu.supersense import (
     supersense_splits,
 )
 
-__all__ = ["REDUCED", "PROBE_WEIGHT_DECAYS", "linear_probe_record", "peft_interop", "main"]
+__all__ = ["PROBE_WEIGHT_DECAYS", "linear_probe_record", "peft_interop", "main"]
 
 #: The L2 strengths tried for the linear probe (chosen on validation).
 PROBE_WEIGHT_DECAYS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-
-#: A few minutes: three methods, fewer steps, two learning rates each.
-REDUCED = dataclasses.replace(
-    FULL, name="reduced", methods=("frozen", "full", "lora_qv"), steps=48,
-    grids={"frozen": (1e-2, 3e-2), "full": (1e-4, 3e-4), "lora_qv": (3e-3, 1e-2)},
-    analysis=False)
 
 
 def peft_interop(cfg: RunConfig, state: dict[str, Tensor], directory: Path,
@@ -158,16 +151,14 @@ def _print(record: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--full", action="store_true", help="the whole experiment (about 35 min)")
-    mode.add_argument("--reduced", action="store_true", help="the small version (minutes)")
+    mode.add_argument("--full", action="store_true", help="the whole experiment (about 40 min)")
     mode.add_argument("--probe", action="store_true",
                       help="(re)compute only the linear probe and add it to the full record")
     parser.add_argument("--workers", type=int, default=2,
                         help="fork worker processes (one thread each)")
     args = parser.parse_args(argv)
-    cfg = REDUCED if args.reduced else FULL
-    suffix = "_reduced" if args.reduced else ""
-    out = Path(__file__).resolve().parent / "results" / f"minilm_supersenses{suffix}.json"
+    cfg = FULL
+    out = Path(__file__).resolve().parent / "results" / "minilm_supersenses.json"
     if args.probe:
         record = json.loads(out.read_text(encoding="utf-8"))
         record["linear_probe"] = linear_probe_record(cfg)
