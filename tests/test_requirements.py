@@ -120,7 +120,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_the_readme_example(tmp_pa
 def test_the_wheel_carries_the_data(built_wheel):
     with zipfile.ZipFile(built_wheel) as zf:
         names = set(zf.namelist())
-        for path in ("wordnet_supersenses.tsv", "LICENSE-WordNet-3.0.txt", "README.md"):
+        for path in ("wordnet_supersenses.tsv", "LICENSE-WordNet-3.0.txt", "README.md",
+                     "toy_pretrained.npz"):
             member = f"lora_edu/data/{path}"
             assert member in names
             assert zf.read(member) == (ROOT / "lora_edu" / "data" / path).read_bytes()

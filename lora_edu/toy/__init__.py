@@ -8,8 +8,9 @@ Everything public is imported from here::
     from lora_edu.toy import TinyTransformer, downstream_task, train, run_seeds
 
 The modules behind it: ``model`` (the 2-layer transformer with named projections), ``data``
-(field-lookup tasks, nothing downloaded), ``training`` (AdamW loop, pre-trained model cache and
-``clear_pretrained_cache``, ``run_seeds``/``SeedStats``/``compare_seeds``).
+(field-lookup tasks, nothing downloaded), ``training`` (AdamW loop, the pre-trained model — its
+shipped weights for seeds 0–4, the cache and ``clear_pretrained_cache`` —, and
+``run_seeds``/``SeedStats``/``compare_seeds``).
 
 Nothing here changes global state behind the caller's back: seeded draws happen in forks of the
 CPU generator, training restores the model's modes and the grad mode, and the only module-level
@@ -28,14 +29,18 @@ from lora_edu.toy.data import (
 )
 from lora_edu.toy.model import MLP, Block, SelfAttention, TinyTransformer, ToyConfig
 from lora_edu.toy.training import (
+    SHIPPED_PRETRAINED_SEEDS,
     SeedStats,
     TrainHistory,
     batch_order,
     clear_pretrained_cache,
     compare_seeds,
+    default_pretraining,
     evaluate,
+    pretrained_file,
     pretrained_toy_model,
     run_seeds,
+    shipped_pretrained_state,
     train,
 )
 
@@ -44,6 +49,8 @@ __all__ = [
     "Task", "CLS", "key_token", "vocab_size_for", "make_field_task", "pretrain_task",
     "downstream_task",
     "TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_pretrained_cache",
+    "SHIPPED_PRETRAINED_SEEDS", "default_pretraining", "pretrained_file",
+    "shipped_pretrained_state",
     "batch_order",
     "SeedStats", "run_seeds", "compare_seeds",
 ]

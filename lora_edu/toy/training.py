@@ -14,6 +14,14 @@ train/eval flag and the grad mode are restored on return, also after an error; t
 and the deterministic-algorithms setting are never touched. The one piece of module state is the
 cache of :func:`pretrained_toy_model`, emptied by :func:`clear_pretrained_cache`.
 
+**Shipped pre-trained weights.** The package ships the result of :func:`pretrained_toy_model`'s
+training for seeds 0–4 at its default settings (``lora_edu/data/toy_pretrained.npz``, written by
+``scripts/make_toy_pretrained.py`` with this module's :func:`train`, one thread), as a model hub
+ships a checkpoint. Two hundred steps of AdamW amplify floating-point round-off: training the same
+model again on another CPU, or with another thread count, moves its weights by about 1 % of their
+largest value, and every result built on them with it. Loading the shipped weights gives every
+reader the same pre-trained body; ``retrain=True`` trains it instead.
+
 Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type, ``ValueError``
 for a wrong value, naming the argument).
 """
@@ -21,11 +29,14 @@ for a wrong value, naming the argument).
 from __future__ import annotations
 
 import copy
+import importlib.resources
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +54,8 @@ from lora_edu.toy.data import Task, pretrain_task, vocab_size_for
 from lora_edu.toy.model import TinyTransformer, ToyConfig
 
 __all__ = ["TrainHistory", "train", "evaluate", "pretrained_toy_model", "clear_pretrained_cache",
-           "batch_order", "SeedStats", "run_seeds", "compare_seeds"]
+           "SHIPPED_PRETRAINED_SEEDS", "default_pretraining", "pretrained_file",
+           "shipped_pretrained_state", "batch_order", "SeedStats", "run_seeds", "compare_seeds"]
 
 
 
@@ -259,20 +271,66 @@ def _copy_task(task: Task) -> Task:
                 task.y_test.clone(), task.n_classes, task.name)
 
 
+#: The file of pre-trained weights shipped with the package (see the module docstring).
+_PRETRAINED_FILE_NAME = "toy_pretrained.npz"
+#: Seeds whose default pre-training ships with the package.
+SHIPPED_PRETRAINED_SEEDS = (0, 1, 2, 3, 4)
+_SHIPPED: dict[str, dict] = {}
+
+
+def pretrained_file() -> Path:
+    """Path of the shipped pre-trained weights (``lora_edu/data/toy_pretrained.npz``)."""
+    return Path(str(importlib.resources.files("lora_edu").joinpath("data", _PRETRAINED_FILE_NAME)))
+
+
+def default_pretraining(seed: int) -> dict:
+    """The settings under which :func:`pretrained_toy_model` ships weights: a plain dict with
+    ``seed``, ``config`` (the default :class:`ToyConfig` as a dict), ``steps``, ``lr`` and
+    ``batch_size`` — those of ``pretrained_toy_model(seed)`` called with its defaults."""
+    seed = check_seed("seed", seed)
+    return dict(seed=seed, config=ToyConfig(vocab_size=vocab_size_for()).to_dict(), steps=200,
+                lr=3e-3, batch_size=64)
+
+
+def shipped_pretrained_state(seed: int) -> dict[str, Tensor] | None:
+    """The shipped pre-trained state dict for ``seed`` (fresh tensors), or None if none ships.
+
+    The file holds, per seed, every tensor of the state dict (``seed{s}/{name}``) and the
+    settings it was trained under (``seed{s}/settings``, JSON); a seed is shipped only with
+    settings equal to :func:`default_pretraining`.
+    """
+    seed = check_seed("seed", seed)
+    if not _SHIPPED:
+        with np.load(pretrained_file(), allow_pickle=False) as data:
+            for key in data.files:
+                prefix, _, name = key.partition("/")
+                _SHIPPED.setdefault(prefix, {})[name] = data[key]
+    entry = _SHIPPED.get(f"seed{seed}")
+    if entry is None or json.loads(str(entry["settings"])) != default_pretraining(seed):
+        return None
+    return {name: torch.from_numpy(array.copy()) for name, array in entry.items()
+            if name != "settings"}
+
+
 def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: int = 200,
-                         lr: float = 3e-3, batch_size: int = 64
+                         lr: float = 3e-3, batch_size: int = 64, *, retrain: bool = False
                          ) -> tuple[TinyTransformer, Task]:
     """A :class:`TinyTransformer` pre-trained on :func:`~lora_edu.toy.pretrain_task`.
 
     The frozen W0 of source §2.1 (1): ``train(TinyTransformer(config, seed), pretrain_task(seed),
-    steps, lr, batch_size, seed)``. Deterministic in its arguments.
+    steps, lr, batch_size, seed)``. Deterministic in its arguments on a given CPU and thread count.
 
-    **Cache.** The trained weights are kept in a module-level dict keyed by the arguments, so a
-    later call with the same arguments skips the training and returns a fresh copy in
-    milliseconds. Every returned model and task is an independent copy (changing one does not
-    change the cache). The cached weights are those of the first call in the process: they do not
-    follow later changes of the thread count or of the deterministic-algorithms setting (which can
-    move the last bits of a training). :func:`clear_pretrained_cache` empties it.
+    **Shipped weights.** For seeds 0–4 at the default ``config``, ``steps``, ``lr`` and
+    ``batch_size`` the result of that training ships with the package (one thread, see the module
+    docstring) and is loaded instead of trained, so every machine starts from the same
+    pre-trained body; ``retrain=True`` trains it here (about 8 s on one core).
+
+    **Cache.** The weights are kept in a module-level dict keyed by the arguments, so a later call
+    with the same arguments returns a fresh copy in milliseconds. Every returned model and task is
+    an independent copy (changing one does not change the cache). Weights trained here are those
+    of the first call in the process: they do not follow later changes of the thread count or of
+    the deterministic-algorithms setting (which can move the last bits of a training).
+    :func:`clear_pretrained_cache` empties it. ``retrain=True`` neither reads nor fills the cache.
 
     Parameters
     ----------
@@ -284,6 +342,8 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
         vocabulary).
     steps, lr, batch_size:
         As in :func:`train` (int ≥ 0, > 0, int ≥ 1).
+    retrain:
+        A bool: train even where the package ships the weights, and bypass the cache.
 
     Returns
     -------
@@ -296,17 +356,30 @@ def pretrained_toy_model(seed: int = 0, config: ToyConfig | None = None, steps: 
     steps = check_int("steps", steps, 0)
     lr = check_float("lr", lr, 0.0, min_inclusive=False)
     batch_size = check_int("batch_size", batch_size, 1)
+    check_instance("retrain", retrain, bool)
     key = (seed, config, steps, lr, batch_size)
-    if key not in _PRETRAINED:
+    if retrain or key not in _PRETRAINED:
         task = pretrain_task(seed=seed)
         for attr, need in (("vocab_size", vocab_size_for()), ("max_len", task.seq_len),
                            ("n_classes", task.n_classes)):
             if getattr(config, attr) < need:
                 raise ValueError(f"config.{attr} must be >= {need} for the pre-training task, "
                                  f"got {getattr(config, attr)}")
-        model = TinyTransformer(config, seed=seed)
-        train(model, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed, eval_every=0)
-        _PRETRAINED[key] = (copy.deepcopy(model.state_dict()), task)
+        settings = dict(seed=seed, config=config.to_dict(), steps=steps, lr=lr,
+                        batch_size=batch_size)
+        state = None
+        if not retrain and settings == default_pretraining(seed):
+            state = shipped_pretrained_state(seed)
+        if state is None:
+            model = TinyTransformer(config, seed=seed)
+            train(model, task, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                  eval_every=0)
+            state = copy.deepcopy(model.state_dict())
+        if retrain:
+            model = TinyTransformer(config, seed=seed)
+            model.load_state_dict(state)
+            return model, task
+        _PRETRAINED[key] = (state, task)
     state, task = _PRETRAINED[key]
     model = TinyTransformer(config, seed=seed)
     model.load_state_dict(state)
