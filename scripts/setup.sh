@@ -11,6 +11,11 @@ fi
 echo "== installing the pinned packages of requirements.txt and lora_edu (editable) into .venv"
 # --no-compile: Python compiles a module to bytecode the first time it is imported, so the install
 # skips compiling every file of every package (about 75 s on 2 cores, most of it never imported).
+# That bytecode must be written where it is compiled: an environment with PYTHONDONTWRITEBYTECODE
+# set (some CI images and containers set it) would otherwise make every later process compile
+# torch and the rest from source again (about 7 s per process that imports torch; the checks
+# start dozens). So the scripts that source this file let Python write it.
+unset PYTHONDONTWRITEBYTECODE
 echo "   (first run: about a minute, torch and Jupyter Book are large; later runs: seconds)"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -r requirements.txt -e . \
   2> >(grep -v "^WARNING: Location" >&2)
