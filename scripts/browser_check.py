@@ -4,14 +4,20 @@ For each HTML page of ``_build/html`` (served from 127.0.0.1; every other host i
 
 * every math element was typeset by MathJax (no raw ``\\(``, ``\\[``, ``$$`` left, no MathJax error)
   and MathJax output is present where the page has math;
-* every ``<img>`` loaded with a non-zero natural size;
+* every ``<img>`` loaded with a non-zero natural size and no figure wider than the column; the
+  drawn width of each figure is reported, and how many are sharp (an SVG, or a raster image with
+  at least twice as many pixels across as the CSS pixels it is drawn on; see
+  ``REQUIRE_SHARP_FIGURES``);
 * with every drop-down opened, no element of the main column is wider than the column (code
-  cells and tables may scroll inside a visible scroll box; equations may not);
+  cells, outputs and tables may scroll inside a visible scroll box; display equations in their
+  own box), and the page itself never scrolls sideways;
 * every link inside the book points to an existing page and, if it has one, an existing anchor;
 * every Chinese character is drawn with a CJK font (no missing-glyph boxes);
 * no request left the machine.
 
-A screenshot of the top of each page goes to ``_build/screenshots/``. Uses the Chrome DevTools
+Every page is checked twice: at a desktop's 1280 px and at a phone's 390 px (mobile emulation,
+device pixel ratio 2). A screenshot of the top of each page at each width goes to
+``_build/screenshots/`` (``NAME.png`` and ``NAME@390.png``). Uses the Chrome DevTools
 Protocol over a websocket (``websocket-client``), no browser download. Exit status 1 on any failure.
 
 Usage: ``python scripts/browser_check.py [--html _build/html] [--chromium chromium]``
@@ -38,7 +44,12 @@ from pathlib import Path
 
 import websocket
 
-WIDTH, HEIGHT = 1280, 900
+#: Whether a figure with fewer than 2 image pixels per CSS pixel fails the page. Not yet: the
+#: chapters' stored figures are PNGs at 1 pixel per CSS pixel until they are executed again with
+#: 2x output; meanwhile the table reports how many of each page's figures are sharp.
+REQUIRE_SHARP_FIGURES = False
+#: (name, width, height, device pixel ratio, mobile) of each viewport every page is checked at
+VIEWPORTS = (("desktop", 1280, 900, 1, False), ("phone", 390, 844, 2, True))
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
 
 MEASURE_JS = r"""
@@ -74,6 +85,16 @@ MEASURE_JS = r"""
   const badImages = [...document.images]
     .filter(i => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0))
     .map(i => i.getAttribute('src'));
+  // figures: drawn width (CSS px), pixels across, sharpness
+  const figures = [...art.querySelectorAll('img')].map(i => {
+    const w = i.getBoundingClientRect().width;
+    const src = i.getAttribute('src') || '';
+    const svg = /\.svg(\?|$)/i.test(src) || src.startsWith('data:image/svg');
+    return {src: src.slice(-50), width: Math.round(w), natural: i.naturalWidth, svg,
+            sharp: svg || i.naturalWidth >= 2 * w - 1, fits: w <= col.width + 1};
+  });
+  // the page itself must not scroll sideways
+  const pageWidth = Math.max(document.documentElement.scrollWidth, document.body.scrollWidth);
   // widths; an equation is named by its TeX source (MathJax's own record of it)
   const texOf = new Map();
   try {
@@ -96,8 +117,10 @@ MEASURE_JS = r"""
     for (let p = el.parentElement; p && p !== art; p = p.parentElement) {
       const ox = getComputedStyle(p).overflowX;
       if ((ox === 'auto' || ox === 'scroll') && p.scrollWidth > p.clientWidth + 1) {
-        // a table or a code/output box may scroll; a display equation must fit
-        scrolled = p.tagName === 'TABLE' || !el.closest('mjx-container, .math');
+        // a table, a code/output box or a display equation may scroll in its own box; inline
+        // math may not (it would hide part of a sentence)
+        const inlineMath = el.closest('mjx-container:not([display="true"])');
+        scrolled = p.tagName === 'TABLE' || !inlineMath;
         break;
       }
     }
@@ -124,7 +147,8 @@ MEASURE_JS = r"""
   }
   return {column: Math.round(col.width), mathCount: maths.length,
           mjx: art.querySelectorAll('mjx-container').length, untypeset, errors, raw,
-          badImages, widest, overflows: overflows.slice(0, 10), nOverflows: overflows.length,
+          badImages, figures, pageWidth, viewport: window.innerWidth, widest,
+          overflows: overflows.slice(0, 10), nOverflows: overflows.length,
           links, cjkElements: k};
 })()
 """
@@ -176,7 +200,7 @@ def start_chromium(binary: str, profile: str) -> tuple[subprocess.Popen, int]:
     args = [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--disable-dev-shm-usage", "--disable-extensions", "--hide-scrollbars",
             "--remote-debugging-port=0", f"--user-data-dir={profile}",
-            f"--window-size={WIDTH},{HEIGHT}",
+            f"--window-size={VIEWPORTS[0][1]},{VIEWPORTS[0][2]}",
             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "about:blank"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     port_file = Path(profile) / "DevToolsActivePort"
@@ -230,6 +254,66 @@ def check_cjk_fonts(cdp: CDP) -> list[str]:
     return missing
 
 
+def check_page(cdp: CDP, page: Path, html: Path, origin: str, cache: dict[Path, set[str]],
+               shots: Path, suffix: str) -> bool:
+    """Load one page at the current viewport, print its line, return True if it has problems."""
+    rel = page.relative_to(html).as_posix()
+    cdp.events.clear()
+    cdp.call("Page.navigate", url=origin + rel)
+    cdp.wait_event("Page.loadEventFired")
+    res = cdp.call("Runtime.evaluate", expression=MEASURE_JS, awaitPromise=True,
+                   returnByValue=True)
+    if "exceptionDetails" in res:
+        raise RuntimeError(f"{rel}: {res['exceptionDetails']}")
+    m = res["result"]["value"]
+    problems = []
+    if m["untypeset"] or m["errors"] or m["raw"]:
+        problems.append(f"math not typeset: {m['untypeset'][:3]} errors {m['errors'][:3]}"
+                        f" raw {m['raw'][:3]}")
+    if m["mathCount"] and not m["mjx"]:
+        problems.append("no MathJax output on a page with math")
+    if m["badImages"]:
+        problems.append(f"images not loaded: {m['badImages'][:5]}")
+    blurred = [f"{f['src']} ({f['natural']} px drawn on {f['width']})" for f in m["figures"]
+               if not f["sharp"]]
+    if blurred and REQUIRE_SHARP_FIGURES:
+        problems.append(f"figures with fewer than 2 pixels per CSS pixel: {blurred[:3]}")
+    wide_figures = [f["src"] for f in m["figures"] if not f["fits"]]
+    if wide_figures:
+        problems.append(f"figures wider than the column: {wide_figures[:3]}")
+    if m["nOverflows"]:
+        problems.append(f"{m['nOverflows']} element(s) wider than the column: "
+                        f"{m['overflows'][:3]}")
+    if m["pageWidth"] > m["viewport"]:
+        problems.append(f"the page scrolls sideways: {m['pageWidth']} px wide in a "
+                        f"{m['viewport']} px viewport")
+    broken = check_links(m["links"], page, html, origin, cache)
+    if broken:
+        problems.append(f"broken links: {broken[:5]}")
+    if m["cjkElements"]:
+        tofu = check_cjk_fonts(cdp)
+        if tofu:
+            problems.append(f"CJK text without a CJK font: {tofu[:3]}")
+    outside = sorted({ev["params"]["request"]["url"] for ev in cdp.events
+                      if ev.get("method") == "Network.requestWillBeSent"
+                      and not ev["params"]["request"]["url"].startswith(
+                          (origin, "data:", "blob:"))})
+    if outside:
+        problems.append(f"requests outside the book: {outside[:5]}")
+    shot = cdp.call("Page.captureScreenshot", format="png")["data"]
+    name = rel.replace("/", "_").removesuffix(".html") + suffix + ".png"
+    (shots / name).write_bytes(base64.b64decode(shot))
+    widths = ",".join(str(f["width"]) for f in m["figures"]) or "-"
+    if m["figures"]:
+        widths += f" ({sum(f['sharp'] for f in m['figures'])} sharp)"
+    status = "ok" if not problems else "FAIL"
+    print(f"{rel:<34}{m['column']:>8}{m['widest']['width']:>8}{m['pageWidth']:>6}{m['mjx']:>6}"
+          f"{m['cjkElements']:>6}  {widths:<26} {status}")
+    for p in problems:
+        print(f"    {p}")
+    return bool(problems)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--html", default="_build/html", type=Path)
@@ -260,59 +344,22 @@ def main() -> int:
         cdp = CDP(target["webSocketDebuggerUrl"])
         for domain in ("Page", "Network", "Runtime", "DOM", "CSS"):
             cdp.call(f"{domain}.enable")
-        cdp.call("Emulation.setDeviceMetricsOverride", width=WIDTH, height=HEIGHT,
-                 deviceScaleFactor=1, mobile=False)
-        print(f"{'page':<34}{'column':>8}{'widest':>8}{'math':>6}{'CJK':>6}  result")
-        for page in pages:
-            rel = page.relative_to(html).as_posix()
-            cdp.events.clear()
-            cdp.call("Page.navigate", url=origin + rel)
-            cdp.wait_event("Page.loadEventFired")
-            res = cdp.call("Runtime.evaluate", expression=MEASURE_JS, awaitPromise=True,
-                           returnByValue=True)
-            if "exceptionDetails" in res:
-                raise RuntimeError(f"{rel}: {res['exceptionDetails']}")
-            m = res["result"]["value"]
-            problems = []
-            if m["untypeset"] or m["errors"] or m["raw"]:
-                problems.append(f"math not typeset: {m['untypeset'][:3]} errors {m['errors'][:3]}"
-                                f" raw {m['raw'][:3]}")
-            if m["mathCount"] and not m["mjx"]:
-                problems.append("no MathJax output on a page with math")
-            if m["badImages"]:
-                problems.append(f"images not loaded: {m['badImages'][:5]}")
-            if m["nOverflows"]:
-                problems.append(f"{m['nOverflows']} element(s) wider than the column: "
-                                f"{m['overflows'][:3]}")
-            broken = check_links(m["links"], page, html, origin, cache)
-            if broken:
-                problems.append(f"broken links: {broken[:5]}")
-            if m["cjkElements"]:
-                tofu = check_cjk_fonts(cdp)
-                if tofu:
-                    problems.append(f"CJK text without a CJK font: {tofu[:3]}")
-            outside = sorted({ev["params"]["request"]["url"] for ev in cdp.events
-                              if ev.get("method") == "Network.requestWillBeSent"
-                              and not ev["params"]["request"]["url"].startswith(
-                                  (origin, "data:", "blob:"))})
-            if outside:
-                problems.append(f"requests outside the book: {outside[:5]}")
-            shot = cdp.call("Page.captureScreenshot", format="png")["data"]
-            name = rel.replace("/", "_").removesuffix(".html") + ".png"
-            (args.screenshots / name).write_bytes(base64.b64decode(shot))
-            status = "ok" if not problems else "FAIL"
-            print(f"{rel:<34}{m['column']:>8}{m['widest']['width']:>8}{m['mjx']:>6}"
-                  f"{m['cjkElements']:>6}  {status}")
-            for p in problems:
-                print(f"    {p}")
-            failures += bool(problems)
+        for view, width, height, ratio, mobile in VIEWPORTS:
+            cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                     deviceScaleFactor=ratio, mobile=mobile)
+            print(f"-- {view}, {width} px")
+            print(f"{'page':<34}{'column':>8}{'widest':>8}{'page':>6}{'math':>6}{'CJK':>6}"
+                  f"  {'figures (px)':<26} result")
+            for page in pages:
+                failures += check_page(cdp, page, html, origin, cache, args.screenshots,
+                                       "" if view == "desktop" else f"@{width}")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         server.shutdown()
         shutil.rmtree(profile, ignore_errors=True)
-    print(f"browser check: {len(pages)} pages, {failures} with problems; screenshots in "
-          f"{args.screenshots}")
+    print(f"browser check: {len(pages)} pages at {len(VIEWPORTS)} widths, {failures} page views "
+          f"with problems; screenshots in {args.screenshots}")
     return 1 if failures else 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-browser check of the built book (_build/html): installs Debian's chromium and
 # fonts-noto-cjk if they are missing, then loads every page offline in headless Chromium
-# (scripts/browser_check.py). Screenshots go to _build/screenshots/.
+# at 1280 px and at 390 px (scripts/browser_check.py). Screenshots go to _build/screenshots/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need=()

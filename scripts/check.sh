@@ -2,7 +2,8 @@
 # Set up (idempotent) and run every check: ruff, the library tests, every notebook under nbval
 # twice (this CPU's native kernels, then torch's and MKL's portable baseline kernels, so that
 # the stored outputs are shown to hold on another x86-64 CPU too), a fresh book build with
-# warnings as errors, and the real-browser check of every page (scripts/browser_check.sh).
+# warnings as errors, and the real-browser check of every page at a desktop's and a phone's width
+# (scripts/browser_check.sh).
 # Every step runs even when an earlier one failed; the script ends with one line per step and
 # exits non-zero if any step failed.
 set -uo pipefail
@@ -53,6 +54,6 @@ step "notebooks, native CPU kernels (nbval re-executes every chapter, compares s
 step "notebooks again, portable CPU kernels (ATEN_CPU_CAPABILITY=default, MKL SSE4.2), no re-saving" \
   portable_kernels run_pytest "${NBVAL[@]}"
 step "book build (warnings are errors)" fresh_book_build
-step "browser check (every page in headless Chromium, offline)" bash scripts/browser_check.sh
+step "browser check (every page in headless Chromium at 1280 and 390 px, offline)" bash scripts/browser_check.sh
 
 finish_steps
