@@ -15,10 +15,15 @@ into its stored outputs, as ``{02_lora::lora_qv_acc}``. :func:`resolve` pastes t
 MyST-NB's ``{glue:text}`` role pastes them into the chapter's own prose, so the ledger and the
 chapter cannot disagree. The ledger page (``claims.ipynb``) renders :func:`ledger_markdown`; the
 tests (``tests/book/test_claims.py``) check every reference, anchor and test name.
+
+A reader of the online book has no repository at hand, so each test a row names is shown with
+what it checks (:func:`describe_test`: the first sentence of its docstring, or else its name in
+words) before its id.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from ast import literal_eval
@@ -141,8 +146,30 @@ def verdict_counts(rows: list[dict]) -> dict[str, int]:
     return {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
 
 
+def describe_test(test_id: str, root: Path = BOOK.parent) -> str:
+    """What the test ``test_id`` (``tests/FILE.py::NAME`` or ``::CLASS::NAME``, parameters in
+    brackets allowed) checks, in words: the first sentence of its docstring, or else its name
+    without the ``test_`` prefix and with spaces for underscores. KeyError if there is no such
+    test function in the file."""
+    path, *names = test_id.split("::")
+    names[-1] = names[-1].split("[")[0]
+    body = ast.parse((root / path).read_text(encoding="utf-8")).body
+    node = None
+    for name in names:
+        node = next((n for n in body if isinstance(n, ast.FunctionDef | ast.ClassDef)
+                     and n.name == name), None)
+        if node is None:
+            raise KeyError(f"{test_id}: no {name} in {path}")
+        body = node.body
+    doc = ast.get_docstring(node) or ""
+    first = re.split(r"(?<=[.!?])\s", " ".join(doc.split()), maxsplit=1)[0] if doc else ""
+    if not first:
+        first = names[-1].removeprefix("test_").replace("_", " ")
+    return first.replace("``", "`").rstrip(".:")
+
+
 def _tests_line(tests: list[str]) -> str:
-    return ", ".join(f"`{t.removeprefix('tests/')}`" for t in tests) or "none"
+    return "; ".join(f"{describe_test(t)} (`{t.removeprefix('tests/')}`)" for t in tests) or "none"
 
 
 def ledger_markdown(rows: list[dict], book: Path = BOOK) -> str:

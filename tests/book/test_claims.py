@@ -164,3 +164,28 @@ def test_exact_rows_agree_with_the_library():
     checkpoint = ledger.resolve(rows["checkpoint"]["evidence"][0]["measured"])
     assert f"{round(reduction_factor(GPT3_175B.n_params, n4)):,}" in checkpoint
     assert "65/512" in ledger.resolve(rows["dq"]["evidence"][0]["measured"])
+
+
+def test_each_named_test_is_shown_with_what_it_checks(tmp_path):
+    """The online ledger has no repository beside it: a named test is shown with the first
+    sentence of its docstring, or its name in words, before its id."""
+    tests_dir = tmp_path / "tests"
+    tests_dir.mkdir()
+    (tests_dir / "test_x.py").write_text(
+        'def test_with_doc():\n    """The ``merge`` equals the sum. More detail here."""\n\n\n'
+        "def test_scale_is_alpha_over_r():\n    pass\n\n\n"
+        "class TestGroup:\n    def test_inner(self):\n"
+        '        """Inner: checked!\n\n        Not this."""\n')
+    assert ledger.describe_test("tests/test_x.py::test_with_doc", tmp_path) == (
+        "The `merge` equals the sum")
+    assert ledger.describe_test("tests/test_x.py::test_scale_is_alpha_over_r[4-True]",
+                                tmp_path) == "scale is alpha over r"
+    assert ledger.describe_test("tests/test_x.py::TestGroup::test_inner", tmp_path) == (
+        "Inner: checked!")
+    with pytest.raises(KeyError, match="no test_missing"):
+        ledger.describe_test("tests/test_x.py::test_missing", tmp_path)
+    page = ledger.ledger_markdown(ROWS)
+    for row in ROWS:
+        for node_id in row["mechanism_tests"] + [t for ev in row["evidence"] for t in ev["tests"]]:
+            words = ledger.describe_test(node_id)
+            assert words and f"{words} (`{node_id.removeprefix('tests/')}`)" in page
