@@ -16,9 +16,10 @@ One import path per public name — the concept's module or package::
     from lora_edu.adapter import apply_adapters                 # chapter 8 (Houlsby adapters)
     from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
     from lora_edu.checks import check_int                       # argument checks, check_seed
+    from lora_edu.listing import source_listing                 # code listings in the chapters
 
-Data flows one way: basic concepts (``checks``; ``lowrank``, ``quant``, ``inject``, ``memory``,
-``paged``, ``pretrained``) never import composite ones (``lora``, ``toy``, ``adapter``;
+Data flows one way: basic concepts (``checks``; ``listing``, ``lowrank``, ``quant``, ``inject``,
+``memory``, ``paged``, ``pretrained``) never import composite ones (``lora``, ``toy``, ``adapter``;
 ``adalora``, ``qlora``, ``placement``).
 """
 
