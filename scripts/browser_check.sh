@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
-{ command -v fc-list >/dev/null 2>&1 && fc-list | grep -q "Noto Sans CJK"; } || need+=(fonts-noto-cjk)
+# (grep -c reads all of fc-list's output: with pipefail, grep -q's early exit would make fc-list
+# die of SIGPIPE and the pipeline fail now and then, and the fonts be "installed" again)
+{ command -v fc-list >/dev/null 2>&1 && [ "$(fc-list | grep -c "Noto Sans CJK")" -gt 0 ]; } \
+  || need+=(fonts-noto-cjk)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "== installing ${need[*]} (Debian packages, about a minute)"
   sudo=""
