@@ -16,11 +16,13 @@ One import path per public name — the concept's module or package::
     from lora_edu.adapter import apply_adapters                 # chapter 8 (Houlsby adapters)
     from lora_edu.toy import TinyTransformer, train, run_seeds  # the toy model of every chapter
     from lora_edu.checks import check_int                       # argument checks, check_seed
-    from lora_edu.listing import source_listing                 # code listings in the chapters
+    from lora_edu.listing import show_source                    # code listings in the chapters
+    from lora_edu.report import Table, percent                  # tables and numbers in them
+    from lora_edu.parallel import parallel_map                  # multi-seed sweeps on 2 cores
 
-Data flows one way: basic concepts (``checks``; ``listing``, ``lowrank``, ``quant``, ``inject``,
-``memory``, ``paged``, ``pretrained``) never import composite ones (``lora``, ``toy``, ``adapter``;
-``adalora``, ``qlora``, ``placement``).
+Data flows one way: basic concepts (``checks``; ``listing``, ``report``, ``parallel``,
+``lowrank``, ``quant``, ``inject``, ``memory``, ``paged``, ``pretrained``) never import composite
+ones (``lora``, ``toy``, ``adapter``; ``adalora``, ``qlora``, ``placement``).
 """
 
 from __future__ import annotations

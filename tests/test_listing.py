@@ -110,3 +110,42 @@ def test_bad_input():
         source_listing(plain, start="nowhere")
     with pytest.raises(ValueError, match="stop"):
         source_listing(plain, start="y =", stop="comment")   # before start: not found after it
+
+
+# --- show_source and Listing: what a chapter displays -----------------------------------------
+
+def test_show_source_names_the_object_and_keeps_the_code():
+    from lora_edu.listing import LISTING_METADATA_KEY, resolve_listing_name, show_source
+
+    listing = show_source(PagedAdamW.step, start="for", stop="return")
+    assert listing.name == "lora_edu.paged:PagedAdamW.step"
+    assert listing.code == source_listing(PagedAdamW.step, start="for", stop="return")
+    assert repr(listing) == listing.code
+    markdown, meta = listing._repr_markdown_()
+    # the code as a fenced python block, under the name; the metadata says what and where
+    assert markdown.startswith("`PagedAdamW.step` from `lora_edu.paged` (excerpt)\n\n```python\n")
+    assert markdown.endswith(f"\n{listing.code}\n```\n")
+    assert meta == {LISTING_METADATA_KEY: {"name": listing.name, "start": "for",
+                                           "stop": "return"}}
+    assert resolve_listing_name(listing.name) is PagedAdamW.step
+
+
+def test_show_source_of_a_static_method_and_a_function():
+    from lora_edu.listing import resolve_listing_name, show_source
+    from lora_edu.lowrank import best_rank_r
+
+    listing = show_source(best_rank_r)
+    assert listing.name == "lora_edu.lowrank:best_rank_r" and "(excerpt)" not in \
+        listing._repr_markdown_()[0]
+    assert resolve_listing_name(listing.name) is best_rank_r
+    local = show_source(Holder.static)
+    assert local.name.endswith(":Holder.static")
+
+
+@pytest.mark.parametrize("name, exc", [(3, TypeError), ("no_colon", ValueError),
+                                       ("a:b:c", ValueError)])
+def test_resolve_listing_name_rejects_bad_names(name, exc):
+    from lora_edu.listing import resolve_listing_name
+
+    with pytest.raises(exc):
+        resolve_listing_name(name)
