@@ -19,8 +19,9 @@ One import path per public name — the concept's module or package::
     from lora_edu.listing import show_source                    # code listings in the chapters
     from lora_edu.report import Table, percent                  # tables and numbers in them
     from lora_edu.parallel import parallel_map                  # multi-seed sweeps on 2 cores
+    from lora_edu.timing import fastest_ms                      # latencies, timed interleaved
 
-Data flows one way: basic concepts (``checks``; ``listing``, ``report``, ``parallel``,
+Data flows one way: basic concepts (``checks``; ``listing``, ``report``, ``parallel``, ``timing``,
 ``lowrank``, ``quant``, ``inject``, ``memory``, ``paged``, ``pretrained``) never import composite
 ones (``lora``, ``toy``, ``adapter``; ``adalora``, ``qlora``, ``placement``).
 """

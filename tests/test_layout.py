@@ -18,7 +18,7 @@ PKG = Path(lora_edu.__file__).parent
 # A concept may import concepts of a lower layer (and itself), never a higher one.
 LAYER = {
     "checks": 0,
-    "listing": 1, "report": 1, "parallel": 1,
+    "listing": 1, "report": 1, "parallel": 1, "timing": 1,
     "lowrank": 1, "quant": 1, "inject": 1, "memory": 1, "paged": 1, "pretrained": 1,
     "wordnet": 1,
     "lora": 2, "toy": 2, "adapter": 2, "encoder": 2,
