@@ -5,9 +5,11 @@ For each HTML page of ``_build/html`` (served from 127.0.0.1; every other host i
 * every math element was typeset by MathJax (no raw ``\\(``, ``\\[``, ``$$`` left, no MathJax error)
   and MathJax output is present where the page has math;
 * every ``<img>`` loaded with a non-zero natural size and no figure wider than the column; the
-  drawn width of each figure is reported, and how many are sharp (an SVG, or a raster image with
-  at least twice as many pixels across as the CSS pixels it is drawn on; see
-  ``REQUIRE_SHARP_FIGURES``);
+  drawn width of each figure is reported; at the desktop width every figure is sharp (an SVG, or
+  a raster image with at least twice as many pixels across as the CSS pixels it is drawn on; see
+  ``REQUIRE_SHARP_FIGURES``), and on the phone none is shrunk below half its full size, where its
+  text would become too small to read (``MIN_PHONE_SCALE``); no figure is drawn out of shape
+  (its width and height scaled alike, within 2 %);
 * with every drop-down opened, no element of the main column is wider than the column (code
   cells, outputs and tables may scroll inside a visible scroll box; display equations in their
   own box), and the page itself never scrolls sideways;
@@ -44,10 +46,14 @@ from pathlib import Path
 
 import websocket
 
-#: Whether a figure with fewer than 2 image pixels per CSS pixel fails the page. Not yet: the
-#: chapters' stored figures are PNGs at 1 pixel per CSS pixel until they are executed again with
-#: 2x output; meanwhile the table reports how many of each page's figures are sharp.
-REQUIRE_SHARP_FIGURES = False
+#: Whether a figure with fewer than 2 image pixels per CSS pixel fails the page (at the desktop
+#: width, where figures are drawn at their full size): the chapters store every figure at 2x.
+REQUIRE_SHARP_FIGURES = True
+#: The smallest share of its full size a figure may be shrunk to on a phone. A figure is drawn at
+#: full size at half its pixel width (2x); the book's figures are at most 6.4 in at 100 dpi with
+#: text of at least 10 pt (lora_edu.report.BOOK_FIGURE_STYLE), so at half size their text is still
+#: about 7 px high. A wider figure is shrunk further and its labels become unreadable.
+MIN_PHONE_SCALE = 0.5
 #: (name, width, height, device pixel ratio, mobile) of each viewport every page is checked at
 VIEWPORTS = (("desktop", 1280, 900, 1, False), ("phone", 390, 844, 2, True))
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\u3000-\u303f\uff00-\uffef]")
@@ -87,11 +93,14 @@ MEASURE_JS = r"""
     .map(i => i.getAttribute('src'));
   // figures: drawn width (CSS px), pixels across, sharpness
   const figures = [...art.querySelectorAll('img')].map(i => {
-    const w = i.getBoundingClientRect().width;
+    const box = i.getBoundingClientRect(), w = box.width;
     const src = i.getAttribute('src') || '';
     const svg = /\.svg(\?|$)/i.test(src) || src.startsWith('data:image/svg');
+    // drawn aspect ratio against the image's own (1 when it is scaled evenly)
+    const aspect = (box.width / box.height) / (i.naturalWidth / i.naturalHeight);
     return {src: src.slice(-50), width: Math.round(w), natural: i.naturalWidth, svg,
-            sharp: svg || i.naturalWidth >= 2 * w - 1, fits: w <= col.width + 1};
+            sharp: svg || i.naturalWidth >= 2 * w - 1, fits: w <= col.width + 1,
+            aspect: Math.round(aspect * 1000) / 1000};
   });
   // the page itself must not scroll sideways
   const pageWidth = Math.max(document.documentElement.scrollWidth, document.body.scrollWidth);
@@ -276,8 +285,18 @@ def check_page(cdp: CDP, page: Path, html: Path, origin: str, cache: dict[Path, 
         problems.append(f"images not loaded: {m['badImages'][:5]}")
     blurred = [f"{f['src']} ({f['natural']} px drawn on {f['width']})" for f in m["figures"]
                if not f["sharp"]]
-    if blurred and REQUIRE_SHARP_FIGURES:
+    if blurred and REQUIRE_SHARP_FIGURES and not suffix:
         problems.append(f"figures with fewer than 2 pixels per CSS pixel: {blurred[:3]}")
+    if suffix:   # the phone: how much each figure is shrunk (its full size: half its pixels)
+        shrunk = [f"{f['src']} at {f['width'] / (f['natural'] / 2):.0%}" for f in m["figures"]
+                  if not f["svg"] and f["width"] < MIN_PHONE_SCALE * f["natural"] / 2]
+        if shrunk:
+            problems.append(f"figures shrunk below {MIN_PHONE_SCALE:.0%} of their size on a "
+                            f"phone (text too small to read): {shrunk[:3]}")
+    distorted = [f"{f['src']} (x/y scale ratio {f['aspect']})" for f in m["figures"]
+                 if abs(f["aspect"] - 1) > 0.02]
+    if distorted:
+        problems.append(f"figures squeezed out of shape: {distorted[:3]}")
     wide_figures = [f["src"] for f in m["figures"] if not f["fits"]]
     if wide_figures:
         problems.append(f"figures wider than the column: {wide_figures[:3]}")
@@ -304,8 +323,11 @@ def check_page(cdp: CDP, page: Path, html: Path, origin: str, cache: dict[Path, 
     name = rel.replace("/", "_").removesuffix(".html") + suffix + ".png"
     (shots / name).write_bytes(base64.b64decode(shot))
     widths = ",".join(str(f["width"]) for f in m["figures"]) or "-"
-    if m["figures"]:
+    if m["figures"] and not suffix:
         widths += f" ({sum(f['sharp'] for f in m['figures'])} sharp)"
+    elif m["figures"]:
+        smallest = min(f["width"] / (f["natural"] / 2) for f in m["figures"])
+        widths += f" (≥ {smallest:.0%} size)"
     status = "ok" if not problems else "FAIL"
     print(f"{rel:<34}{m['column']:>8}{m['widest']['width']:>8}{m['pageWidth']:>6}{m['mjx']:>6}"
           f"{m['cjkElements']:>6}  {widths:<26} {status}")

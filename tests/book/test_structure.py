@@ -163,3 +163,75 @@ def test_readme_python_example_runs(capsys, tmp_path, monkeypatch):
     assert examples, "the README has no python example"
     for code in examples:
         exec(compile(code, "README.md", "exec"), {})
+
+
+# --- what a reader sees: short visible cells, plumbing folded, crisp figures -------------------
+
+#: Tags that fold or hide a code cell's source on the page (MyST-NB / Jupyter Book).
+FOLDED = {"hide-input", "hide-cell", "remove-input", "remove-cell"}
+MAX_VISIBLE_LINES = 15
+MAX_VISIBLE_WIDTH = 88
+
+
+def visible_code_cells(nb: Path) -> list[tuple[int, list[str]]]:
+    """(index, source lines) of each code cell whose source the page shows unfolded."""
+    cells = json.loads(nb.read_text())["cells"]
+    return [(i, "".join(c["source"]).splitlines()) for i, c in enumerate(cells)
+            if c["cell_type"] == "code" and "".join(c["source"]).strip()
+            and not FOLDED & set(c.get("metadata", {}).get("tags", []))]
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_visible_code_cells_are_short_and_narrow(nb):
+    """Code a reader sees is at most 15 lines of at most 88 characters (plumbing is folded)."""
+    problems = []
+    for i, lines in visible_code_cells(nb):
+        if len(lines) > MAX_VISIBLE_LINES:
+            problems.append(f"cell {i}: {len(lines)} lines")
+        problems += [f"cell {i}: a line of {len(line)} characters: {line[:40]}…"
+                     for line in lines if len(line) > MAX_VISIBLE_WIDTH]
+    assert not problems, f"{nb.name}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
+def test_figures_are_stored_at_twice_their_drawn_size_and_phone_sized(nb):
+    """Every stored figure is a PNG of 2 pixels per CSS pixel (sharp on a phone's and a
+    high-density screen) and at most 6.4 in at 100 dpi wide, so its text stays legible when a
+    phone shrinks it to its column."""
+    import base64
+    import struct
+
+    from lora_edu.report import PHONE_READABLE_WIDTH_IN
+
+    problems = []
+    for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+        for out in cell.get("outputs", []):
+            png = out.get("data", {}).get("image/png")
+            if png is None:
+                continue
+            raw = base64.b64decode(png)
+            width_px = struct.unpack(">I", raw[16:20])[0]          # the PNG's IHDR width
+            shown = out.get("metadata", {}).get("image/png", {}).get("width")
+            if shown is None or width_px < 2 * shown - 1:
+                problems.append(f"cell {i}: {width_px} px drawn at {shown} px")
+            elif shown > PHONE_READABLE_WIDTH_IN * 100 + 40:          # + tight-bbox margins
+                problems.append(f"cell {i}: {shown} px wide")
+    assert not problems, f"{nb.name}: " + "; ".join(problems)
+
+
+def test_no_helper_function_is_defined_in_two_notebooks():
+    """A helper two chapters need belongs in the library (one definition, tested)."""
+    seen: dict[str, str] = {}
+    duplicated = []
+    for nb in notebooks():
+        for cell in code_cells(nb):
+            source = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                               if not line.lstrip().startswith(("%", "!")))
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    body = node.body[1:] if ast.get_docstring(node) else node.body
+                    key = ast.dump(ast.Module(body=body, type_ignores=[]))
+                    if key in seen and seen[key] != nb.name:
+                        duplicated.append(f"{node.name} in {seen[key]} and {nb.name}")
+                    seen.setdefault(key, nb.name)
+    assert not duplicated, "; ".join(duplicated)
