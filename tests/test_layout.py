@@ -23,7 +23,7 @@ LAYER = {
     "wordnet": 1,
     "lora": 2, "toy": 2, "adapter": 2, "encoder": 2,
     "adalora": 3, "qlora": 3, "placement": 3,
-    "supersense": 4,
+    "supersense": 4, "grading": 4,
 }
 
 
