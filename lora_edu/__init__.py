@@ -36,9 +36,12 @@ import torch
 from lora_edu.checks import check_int, check_seed
 
 __all__ = ["seed_everything", "DEFAULT_SEED", "DEFAULT_THREADS", "__version__"]
+#: The version of the library.
 __version__ = "0.1.0"
 
+#: The seed :func:`seed_everything` uses when none is given.
 DEFAULT_SEED = 0
+#: The torch thread count :func:`seed_everything` sets when none is given (one thread).
 DEFAULT_THREADS = 1
 
 

@@ -55,6 +55,9 @@ def adapter_params(d: int, bottleneck: int) -> int:
 class HoulsbyAdapter(nn.Module):
     """y ↦ y + W_up·σ(W_down·y + b_down) + b_up on the last dimension of y (size d).
 
+    The serial Adapter of source §1 and §5 (Houlsby et al. 2019): 2·d·m + d + m parameters
+    (:func:`adapter_params`).
+
     Parameters
     ----------
     d:

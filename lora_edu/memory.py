@@ -122,7 +122,7 @@ def lora_matrix_params(d: int, k: int, r: int) -> int:
 
 
 def lora_trainable_params(shape: TransformerShape, r: int, matrices_per_layer: int = 2) -> int:
-    """|Θ| = 2·L̂·d_model·r for square d_model×d_model matrices (LoRA paper §7.1).
+    """``|Θ|`` = 2·L̂·d_model·r for square d_model×d_model matrices (LoRA paper §7.1).
 
     L̂ = ``matrices_per_layer`` × ``shape.n_layers`` adapted matrices (2 for W_q and W_v; 4 for
     W_q, W_k, W_v, W_o), each contributing d·r + r·k = 2·d_model·r (source §2.1 (3), §2.3 (1)).
@@ -396,8 +396,11 @@ class DecoderShape:
 
 #: LLaMA shapes (Touvron et al. 2023, Table 2): hidden, layers, FFN width, vocabulary 32,000.
 LLAMA_7B = DecoderShape("LLaMA 7B", hidden=4096, n_layers=32, ffn=11008, vocab=32000)
+#: LLaMA 13B, from the same table as :data:`LLAMA_7B`.
 LLAMA_13B = DecoderShape("LLaMA 13B", hidden=5120, n_layers=40, ffn=13824, vocab=32000)
+#: LLaMA 33B, from the same table as :data:`LLAMA_7B`.
 LLAMA_33B = DecoderShape("LLaMA 33B", hidden=6656, n_layers=60, ffn=17920, vocab=32000)
+#: LLaMA 65B, from the same table as :data:`LLAMA_7B`.
 LLAMA_65B = DecoderShape("LLaMA 65B", hidden=8192, n_layers=80, ffn=22016, vocab=32000)
 
 

@@ -135,6 +135,8 @@ class PagedAdamW(torch.optim.Optimizer):
         raises ``ValueError`` naming the option, since this optimizer implements the plain
         AdamW update alone.
 
+    Notes
+    -----
     Traffic is in :attr:`page_history` (one :class:`PageStats` per step). :meth:`state_dict`
     returns the format of ``torch.optim.AdamW`` (the states gathered into tensors), and
     :meth:`load_state_dict` accepts it.

@@ -209,7 +209,7 @@ def minilm_embeddings(token_ids: torch.Tensor,
     per sequence; token j of a sequence sits at position p = j and has token type 0 (one segment),
     as in BERT's forward pass (Devlin et al. 2019, §3). LayerNorm with the stored γ, β and
     ε = 10⁻¹². These are the real inputs x of layer 0's query, key and value maps.
-    Returns float64 of shape (*token_ids.shape, 384).
+    Returns float64 of shape ``(*token_ids.shape, 384)``.
     ``weights``: the dict of :func:`minilm_weights`, or ``None`` to read the file.
     """
     weights = _check_weights(weights)

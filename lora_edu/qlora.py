@@ -257,6 +257,8 @@ class QLoRALinear(BaseLayerWidths, nn.Module):
     adapter_dtype:
         dtype of A and B (default: the compute dtype, QLoRA's "16-bit LoRA adapters").
 
+    Notes
+    -----
     Wrong types raise ``TypeError``, wrong values ``ValueError``, naming the argument, before
     anything is modified.
     """

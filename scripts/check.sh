@@ -58,6 +58,8 @@ step "notebooks, native CPU kernels (nbval re-executes every chapter, compares s
 step "notebooks again, portable CPU kernels (ATEN_CPU_CAPABILITY=default, MKL SSE4.2), no re-saving" \
   portable_kernels run_pytest "${NBVAL[@]}"
 step "book build (warnings are errors)" fresh_book_build
+step "library reference in the built book (every public name, the index, the chapters' links)" \
+  .venv/bin/python scripts/check_reference.py
 step "browser check (every page in headless Chromium at 1280 and 390 px, offline)" bash scripts/browser_check.sh
 
 finish_steps

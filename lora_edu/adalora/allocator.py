@@ -132,6 +132,8 @@ class RankAllocator:
         the authors' code and PEFT — a pruned λ is zeroed once after the optimizer step of the
         masking iteration and then re-trained until the next masking step.
 
+    Notes
+    -----
     Arguments are checked with :mod:`lora_edu.checks` (``TypeError`` for a wrong type,
     ``ValueError`` for a wrong value, naming the argument; numpy scalars accepted).
 

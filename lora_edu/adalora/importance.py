@@ -39,7 +39,8 @@ __all__ = ["sensitivity", "ema_update", "ImportanceTracker", "triplet_scores"]
 
 
 def sensitivity(weight: Tensor, grad: Tensor) -> Tensor:
-    """Sensitivity I = |w ⊙ ∂ℒ/∂w| per element: the first-order change of the loss if w were zeroed.
+    """Sensitivity ``I = |w ⊙ ∂ℒ/∂w|`` per element: the first-order change of the loss if w were
+    zeroed (source §3.2 (2)). A tensor of ``weight``'s shape.
 
     Raises ``ValueError`` if the shapes differ.
     """
@@ -56,7 +57,8 @@ def ema_update(i_bar: Tensor, u_bar: Tensor, sens: Tensor, beta1: float = 0.85,
     """One step of the two EMAs, out of place: returns ``(Ī_t, Ū_t)``.
 
     ``Ī_t = β1·Ī_{t−1} + (1−β1)·I_t`` and ``Ū_t = β2·Ū_{t−1} + (1−β2)·|I_t − Ī_t|`` (the updated
-    Ī_t inside the absolute value, as in the paper and in both public implementations).
+    Ī_t inside the absolute value, as in the paper and in both public implementations). All three
+    tensors have one shape, which the results keep (source §3.2 (2)).
     """
     beta1, beta2 = check_probability("beta1", beta1), check_probability("beta2", beta2)
     for name, t in (("sens", sens), ("i_bar", i_bar), ("u_bar", u_bar)):
@@ -69,7 +71,7 @@ def ema_update(i_bar: Tensor, u_bar: Tensor, sens: Tensor, beta1: float = 0.85,
 
 
 class ImportanceTracker:
-    """The EMAs Ī and Ū of every tracked tensor (one concept: S = Ī·Ū per element).
+    """The EMAs Ī and Ū of every tracked tensor (S = Ī·Ū per element; source §3.2 (2)).
 
     Tensors are keyed by name; their state starts at zero on the first :meth:`update`.
     ``i_bar[name]`` and ``u_bar[name]`` are the EMAs of tensor ``name`` (same shape),
@@ -89,7 +91,7 @@ class ImportanceTracker:
         self.n_updates: dict[str, int] = {}
 
     def update(self, name: str, weight: Tensor, grad: Tensor | None) -> None:
-        """Fold the current sensitivity |w ⊙ grad| of tensor ``name`` into its EMAs.
+        """Fold the current sensitivity ``|w ⊙ grad|`` of tensor ``name`` into its EMAs.
 
         ``grad=None`` (the tensor took no part in the loss) counts as a zero gradient. Nothing
         here is recorded by autograd (:func:`sensitivity` detaches ``weight`` and ``grad``).
@@ -156,6 +158,8 @@ class ImportanceTracker:
 
 def triplet_scores(score_P: Tensor, score_lambda: Tensor, score_Q: Tensor) -> Tensor:
     """S_i = S(λ_i) + mean_j S(P_{ji}) + mean_j S(Q_{ij}) for each triplet i of one layer.
+
+    The triplet score of source §3.2 (2), by which :class:`RankAllocator` ranks the triplets.
 
     Parameters
     ----------

@@ -60,6 +60,8 @@ __all__ = ["SVDLinear", "orthogonal_regularizer", "orthogonal_penalty", "apply_a
 class SVDLinear(FrozenLinearWrapper):
     """A frozen ``nn.Linear`` plus the SVD-form bypass: h = W0·x + b + s·P·diag(λ)·Q·x.
 
+    ΔW = PΛQ, AdaLoRA's SVD-based parameterization (source §3.2 (1)).
+
     Parameters
     ----------
     base:
@@ -105,6 +107,8 @@ class SVDLinear(FrozenLinearWrapper):
         A zeroing decided by the allocator that is not yet written into λ (only with
         ``mask_between_steps=False``).
 
+    Notes
+    -----
     What matches PEFT step for step is the **masks**: given the same P, λ, Q and gradients at
     every step, with the importance updated between ``backward`` and the optimizer step (as the
     paper and :class:`~lora_edu.adalora.RankAllocator` do), PEFT's ``RankAllocator``
@@ -113,9 +117,9 @@ class SVDLinear(FrozenLinearWrapper):
     (``tests/test_adalora_allocator.py``; PEFT differs only on exact ties, where it prunes every
     triplet at its threshold). The training runs need not match: PEFT's documentation calls
     ``update_and_allocate`` *after* ``optimizer.step()``, so its sensitivities are
-    |θ^{(t+1)}·∇ℒ(θ^{(t)})| rather than |θ^{(t)}·∇ℒ(θ^{(t)})| and its masks can differ; called
-    before the optimizer step instead, it scores as here but zeroes λ before the update, which
-    the optimizer then moves off zero.
+    ``|θ^{(t+1)}·∇ℒ(θ^{(t)})|`` rather than ``|θ^{(t)}·∇ℒ(θ^{(t)})|`` and its masks can differ;
+    called before the optimizer step instead, it scores as here but zeroes λ before the update,
+    which the optimizer then moves off zero.
 
     The forward pass never writes into a parameter or buffer, so a pending backward pass is never
     invalidated by a later forward (e.g. an evaluation between ``forward`` and ``backward``).
@@ -222,6 +226,7 @@ def orthogonal_penalty(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.
     """γ·Σ_m R(P_m, Q_m) over every SVD adapter m in ``model`` (the paper's γ = 0.1).
 
     Use as the training loop's ``extra_loss``: ``extra_loss=lambda m: orthogonal_penalty(m, 0.1)``.
+    R is :func:`orthogonal_regularizer` (source §3.2 (1)); the result is a 0-d tensor.
     """
     gamma = check_float("gamma", gamma, 0.0)
     modules = find_svd_modules(model)
@@ -236,7 +241,7 @@ def orthogonal_penalty(model: nn.Module | Mapping[str, nn.Module] | Sequence[nn.
 def apply_adalora(model: nn.Module, target_modules: str | Iterable[str], r: int,
                   alpha: float = 1.0, init_std: float = 0.02, seed: int | None = None
                   ) -> nn.Module:
-    """Replace the named ``nn.Linear`` layers of ``model`` by :class:`SVDLinear` (in place).
+    """Replace the named ``nn.Linear`` layers by :class:`SVDLinear`, in place (source §3.2 (1)).
 
     With ``seed`` the P and Q of all layers are drawn from one generator seeded with it (layers in
     sorted-name order), else from torch's global generator.

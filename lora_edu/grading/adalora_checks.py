@@ -58,32 +58,45 @@ __all__ = [
     "HINT_BUDGET_INT",
 ]
 
+#: A hint of the report; its text is the value.
 HINT_EMA_BETA_SWAPPED = ("β and 1 − β are swapped: Ī ← β₁·Ī + (1 − β₁)·I keeps most of the old "
                          "average (β close to 1) and adds a little of the new value")
+#: A hint of the report; its text is the value.
 HINT_EMA_BETAS_EXCHANGED = ("β₁ and β₂ are exchanged: β₁ smooths the sensitivity Ī, β₂ the "
                             "uncertainty Ū")
+#: A hint of the report; its text is the value.
 HINT_EMA_OLD_IBAR = ("Ū uses the old Ī: the uncertainty is |I − Ī_t| with the Ī just updated in "
                      "this step (the AdaLoRA paper, loralib and PEFT)")
+#: A hint of the report; its text is the value.
 HINT_EMA_NO_ABS = ("the absolute value is missing: Ū averages |I − Ī|, how far the sensitivity "
                    "is from its average in either direction")
+#: A hint of the report; its text is the value.
 HINT_EMA_IN_PLACE = ("an input was modified in place (mul_, add_, +=): return new tensors "
                      "Ī_t, Ū_t and leave i_bar, u_bar and sens as they were")
+#: A hint of the report; its text is the value.
 HINT_TRIPLET_SUM = ("sum instead of mean: the triplet score averages the element scores of "
                     "column i of P and of row i of Q (mean_j), so a long column does not outweigh "
                     "the singular value")
+#: A hint of the report; its text is the value.
 HINT_TRIPLET_AXES = ("P's or Q's axes are swapped: triplet i owns column i of P (d, r), the mean "
                      "over dim 0, and row i of Q (r, k), the mean over dim 1")
+#: A hint of the report; its text is the value.
 HINT_TRIPLET_NO_LAMBDA = ("the singular value's own score is missing: S_i = S(λ_i) + "
                           "mean_j S(P_ji) + mean_j S(Q_ij)")
+#: A hint of the report; its text is the value.
 HINT_BUDGET_ROUNDING = ("rounded differently: the schedule takes the floor ⌊·⌋ of the cubic "
                         "formula (loralib and PEFT truncate with int(...)), not round() or ceil()")
+#: A hint of the report; its text is the value.
 HINT_BUDGET_LINEAR = ("linear instead of cubic: the pruning phase follows "
                       "b(T) + (b(0) − b(T))·(1 − progress)³")
+#: A hint of the report; its text is the value.
 HINT_BUDGET_PROGRESS_CUBED = ("the cubic runs the wrong way: use (1 − progress)³, which falls "
                               "fast at first and flattens out towards b(T), not progress³")
+#: A hint of the report; its text is the value.
 HINT_BUDGET_BOUNDARY = ("off by one at a phase boundary: b(0) up to step t_init, then progress = "
                         "(t − t_init)/(T − t_init − t_final), and b(T) from step T − t_final on "
                         "(t_final is a duration, not a step index)")
+#: A hint of the report; its text is the value.
 HINT_BUDGET_INT = ("return an int, a number of triplets: take the floor and convert "
                    "(int(...) or math.floor), not a float")
 

@@ -38,15 +38,21 @@ __all__ = [
 #: A report lists at most this many failures per hint and counts the rest.
 MAX_LISTED_PER_HINT = 3
 
+#: A hint of the report; its text is the value.
 HINT_NOT_IMPLEMENTED = ("not written yet: the function still raises NotImplementedError; replace "
                         "that line with your code")
+#: A hint of the report; its text is the value.
 HINT_RAISED = ("the function raised an exception on this case; the message under 'got' says "
                "where to look")
+#: A hint of the report; its text is the value.
 HINT_RETURN_TYPE = ("the function returns the wrong kind of object; 'expected' says what its "
                     "docstring asks for")
+#: A hint of the report; its text is the value.
 HINT_SHAPE = "the result has the wrong shape"
+#: A hint of the report; its text is the value.
 HINT_DTYPE = ("the result has another dtype than the inputs: compute in the inputs' dtype and "
               "return that")
+#: A hint of the report; its text is the value.
 HINT_INPUT_MODIFIED = ("an input tensor was changed in place (+=, add_, mul_, an assignment into "
                        "it): compute new tensors and leave the caller's inputs as they were")
 #: The start of the hint for a difference that none of the known mistakes explains; the rest of

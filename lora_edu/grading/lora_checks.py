@@ -66,44 +66,64 @@ __all__ = [
     "HINT_RANK_NOT_BEST",
 ]
 
+#: A hint of the report; its text is the value.
 HINT_SCALE_MISSING = ("the bypass is not scaled by s = α/r: multiply B·A (or the bypass output) "
                       "by alpha / r")
+#: A hint of the report; its text is the value.
 HINT_SCALE_ALPHA = "the bypass is scaled by α instead of s = α/r: divide alpha by r"
+#: A hint of the report; its text is the value.
 HINT_SCALE_INVERTED = "the scale is inverted: r/α instead of s = α/r"
+#: A hint of the report; its text is the value.
 HINT_FORWARD_NO_BASE = ("the frozen main path x·W0ᵀ is missing: h = x·W0ᵀ + s·x·Aᵀ·Bᵀ adds the "
                         "bypass to the base layer's output")
+#: A hint of the report; its text is the value.
 HINT_FORWARD_ORDER = ("A and B (or a transpose) are in the wrong order: for x of shape (n, k), "
                       "h = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ; A (r, k) first reduces k to r, then B (d, r) "
                       "maps back up to d, and h has shape (n, d)")
+#: A hint of the report; its text is the value.
 HINT_MERGE_ORDER = ("the update is not B·A (or is transposed): B (d, r) times A (r, k) is d×k "
                     "like W0, while A·B is r×r, or undefined when k ≠ d; W = W0 + s·B·A")
+#: A hint of the report; its text is the value.
 HINT_MERGE_DELTA_ONLY = ("the result is only the update s·B·A: the merged weight is "
                          "W0 + s·B·A")
+#: A hint of the report; its text is the value.
 HINT_MERGE_IN_PLACE = ("W0 was modified in place (W0 += … or W0.add_(…)): the caller's frozen W0 "
                        "must stay unchanged; return W0 + s·B·A as a new tensor")
+#: A hint of the report; its text is the value.
 HINT_INIT_SWAPPED = ("the roles of A and B are swapped: A is random and B is zero (source §2.1 "
                      "(2): A高斯随机初始化，B全零初始化), so the bypass starts at 0 but still "
                      "gets a gradient")
+#: A hint of the report; its text is the value.
 HINT_INIT_BOTH_ZERO = ("A and B are both zero: then both get zero gradients (∂ℒ/∂B needs A·x ≠ 0, "
                        "∂ℒ/∂A needs B ≠ 0) and the bypass never trains; draw A at random")
+#: A hint of the report; its text is the value.
 HINT_INIT_B_NOT_ZERO = ("B is not zero: the adapted layer must start equal to the base layer "
                         "(source §2.1 (2): 训练初期旁路输出为0), so B starts at exactly 0")
+#: A hint of the report; its text is the value.
 HINT_INIT_A_CONSTANT = ("A is constant, not random: with all its rows equal, B·A can only have "
                         "rank 1; draw A at random")
+#: A hint of the report; its text is the value.
 HINT_INIT_SHAPES = ("the shapes are wrong or transposed: A is (r, k) and B is (d, r) "
                     "(nn.Linear's out × in layout), so that B·A is (d, k) like W0")
+#: A hint of the report; its text is the value.
 HINT_INIT_ORDER = "the pair is returned as (B, A): return (A, B)"
+#: A hint of the report; its text is the value.
 HINT_INIT_GENERATOR = ("A does not come from the generator passed in: draw it with "
                        "torch.randn(..., generator=generator), so that a seed reproduces it")
+#: A hint of the report; its text is the value.
 HINT_RANK_SMALLEST = ("the r smallest singular values are kept: keep the r largest "
                       "(torch.linalg.svd returns them in descending order: take the first r)")
+#: A hint of the report; its text is the value.
 HINT_RANK_OFF_BY_ONE = ("off by one: the result keeps r − 1 or r + 1 singular values instead of "
                         "r (S[:r] holds exactly r of them)")
+#: A hint of the report; its text is the value.
 HINT_RANK_FACTORS = ("U, S and Vᵀ do not match: torch.linalg.svd returns Vh = Vᵀ, so "
                      "W_r = U[:, :r] · diag(S[:r]) · Vh[:r, :] (the first r columns of U and "
                      "the first r rows of Vh)")
+#: A hint of the report; its text is the value.
 HINT_RANK_TOO_HIGH = ("the result has rank greater than r: zero all but the r largest singular "
                       "values")
+#: A hint of the report; its text is the value.
 HINT_RANK_NOT_BEST = ("the result has rank ≤ r but is not the best approximation: its error "
                       "‖W − W_r‖_F exceeds the Eckart–Young minimum sqrt(Σ_{i>r} σ_i²)")
 

@@ -83,51 +83,70 @@ NF4_TOLERANCE = 2.0**-21
 #: level, a student's float64 or ``argmin`` may round the other way.
 TIE_TOLERANCE = 1e-6
 
+#: A hint of the report; its text is the value.
 HINT_NF4_NO_OFFSET = ("a level is infinite or NaN: the quantile grid reaches p = 0 or p = 1, "
                       "where Φ⁻¹ is ∓∞; NF4 runs its grid from the offset δ = 0.9677083 "
                       "towards ½")
+#: A hint of the report; its text is the value.
 HINT_NF4_EQ4_LITERAL = ("this is QLoRA's Eq. 4 read literally, q_i = ½(Q(i/17) + Q((i+1)/17)): "
                         "its lowest level is Q(0) = −∞ and it has 8 negative and 7 positive "
                         "levels; the published NF4 starts its quantiles at the offset δ instead "
                         "(lora_edu.quant.eq4_literal_levels shows the problem)")
+#: A hint of the report; its text is the value.
 HINT_NF4_SYMMETRIC = ("a symmetric code with 8 levels per side and no exact zero: NF4 keeps an "
                       "exact 0 (zeros stay exact) with 7 negative and 8 positive levels")
+#: A hint of the report; its text is the value.
 HINT_NF4_MIRRORED = ("8 negative and 7 positive levels: NF4 (QLoRA's table, bitsandbytes) has 7 "
                      "negative levels, 0 and 8 positive ones — the positive side from "
                      "linspace(δ, ½, 9)[:-1], the negative side from linspace(δ, ½, 8)[:-1]")
+#: A hint of the report; its text is the value.
 HINT_NF4_LEVEL_COUNT = ("wrong number of levels: NF4 has 16 = 7 negative + an exact 0 + 8 "
                         "positive (check the linspace lengths and which endpoint is dropped)")
+#: A hint of the report; its text is the value.
 HINT_NF4_NOT_NORMALIZED = ("not normalized to [−1, 1]: divide every level by the largest one, "
                            "Q(δ), so that the extremes are exactly −1 and 1")
+#: A hint of the report; its text is the value.
 HINT_NF4_UNSORTED = "the levels are not in ascending order: index 0 must be −1 and index 15 be 1"
+#: A hint of the report; its text is the value.
 HINT_BLOCK_GLOBAL_ABSMAX = ("one absmax for the whole tensor: blockwise quantization keeps one "
                             "absmax per block of blocksize values, m_b = max |x_j| over block b")
+#: A hint of the report; its text is the value.
 HINT_BLOCK_MAX_NOT_ABS = ("the block constant is max(x), not max(|x|): a block whose extreme "
                           "value is negative is then scaled wrongly; use x.abs().max()")
+#: A hint of the report; its text is the value.
 HINT_BLOCK_NEAREST = ("not the nearest level: the index must minimise |v − c_i| (the argmin of "
                       "the distances), not take the level below v (floor, truncation) or "
                       "above it")
+#: A hint of the report; its text is the value.
 HINT_BLOCK_PARTIAL = ("the last, partial block is dropped or not handled: n values make "
                       "⌈n/blocksize⌉ blocks, the last one with n mod blocksize values and its "
                       "own absmax")
+#: A hint of the report; its text is the value.
 HINT_BLOCK_ZERO_DIVISION = ("an all-zero block divides 0 by 0: guard the scale (e.g. "
                             "absmax.clamp(min=1e-38) or torch.where) so that its values get the "
                             "index of the level 0")
+#: A hint of the report; its text is the value.
 HINT_DEQUANT_SCALE = ("dequantization must multiply each level by its own block's absmax: "
                       "x̂_j = c[i_j] · m_b (absmax.repeat_interleave(blocksize), cut to n)")
+#: A hint of the report; its text is the value.
 HINT_DQ_FRACTION = ("exact arithmetic: return a Fraction (fractions.Fraction(code_bits, "
                     "blocksize) + …), not a float")
+#: A hint of the report; its text is the value.
 HINT_DQ_WITHOUT_DQ = ("this is the overhead without double quantization, c/b₁ (32/64 = 0.5 bit): "
                       "with DQ each constant is a code_bits code plus a share of one "
                       "second-level constant")
+#: A hint of the report; its text is the value.
 HINT_DQ_SECOND_LEVEL_MISSING = ("the second-level constants are missing: add const_bits / "
                                 "(blocksize · blocksize2), one const_bits scale per blocksize2 "
                                 "first-level codes")
+#: A hint of the report; its text is the value.
 HINT_DQ_CODE_BITS_MISSING = ("the first-level codes are missing: each block's constant is "
                              "still stored, as a code_bits code, code_bits / blocksize per "
                              "parameter")
+#: A hint of the report; its text is the value.
 HINT_DQ_B2_ONLY = ("the second-level constant is divided by blocksize2 only: it is shared by "
                    "blocksize2 blocks of blocksize parameters each, c/(b₁·b₂)")
+#: A hint of the report; its text is the value.
 HINT_DQ_BYTES = "the result is in bytes: the overhead is counted in bits per parameter"
 
 

@@ -32,7 +32,9 @@ __all__ = [
     "adapter_config", "save_lora", "load_lora", "ADAPTER_FORMAT", "ADAPTER_FORMAT_VERSION",
 ]
 
+#: The ``"format"`` entry of an adapter file's config, which :func:`load_lora` checks.
 ADAPTER_FORMAT = "lora_edu.lora adapter"
+#: The ``"format_version"`` entry of an adapter file's config.
 ADAPTER_FORMAT_VERSION = 1
 
 # The per-layer settings that change what a loaded adapter computes: they must match on loading.

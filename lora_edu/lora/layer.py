@@ -29,6 +29,7 @@ from lora_edu.inject import (
 
 __all__ = ["LoRALinear", "INITS", "check_lora_hparams", "check_rank_fits", "init_lora_A"]
 
+#: The initialisations of A that :class:`LoRALinear` accepts as ``init`` (B always starts at 0).
 INITS = ("gaussian", "kaiming")
 
 
@@ -119,6 +120,8 @@ class LoRALinear(FrozenLinearWrapper):
     generator:
         Optional ``torch.Generator`` for the initialisation of A.
 
+    Notes
+    -----
     Numbers may be Python or numpy scalars. A wrong type raises ``TypeError``, a wrong value
     ``ValueError``, each naming the argument.
 

@@ -92,7 +92,9 @@ __all__ = [
     "MAX_BLOCKSIZE",
 ]
 
+#: The smallest block size :func:`quantize_4bit` accepts (block sizes are powers of two).
 MIN_BLOCKSIZE = 32
+#: The largest block size :func:`quantize_4bit` accepts.
 MAX_BLOCKSIZE = 4096
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -117,8 +119,10 @@ class QuantizedTensor:
     absmax_dq:
         ``None``, or the :class:`lora_edu.quant.QuantizedConstants` holding the
         double-quantized ``absmax``.
-    shape, dtype:
-        The original tensor's shape and dtype (restored by :func:`dequantize_4bit`).
+    shape:
+        The original tensor's shape (restored by :func:`dequantize_4bit`).
+    dtype:
+        The original tensor's dtype (restored by :func:`dequantize_4bit`).
     blocksize:
         Values per block (power of two, 32 … 4096).
     code:
@@ -224,7 +228,7 @@ def quantize_4bit_reference(x: torch.Tensor, blocksize: int = 64,
     """Blockwise absmax 4-bit quantization written as the equations (slow; same bytes as
     :func:`quantize_4bit`). Arguments and result as for :func:`quantize_4bit`.
 
-    The nearest level argmin_k |v − c_k| is computed as the number of midpoints below v,
+    The nearest level ``argmin_k |v − c_k|`` is computed as the number of midpoints below v,
     ``(v > t).sum()``: that is bitsandbytes' rule, with the midpoints in float32. A float64
     argmin would agree everywhere except on a v equal to one of the 6 NF4 midpoints that float32
     rounds up (by < 3e-8): there the argmin takes the upper level, the rule the lower one.
@@ -261,7 +265,12 @@ def quantize_4bit_reference(x: torch.Tensor, blocksize: int = 64,
 
 
 def dequantize_4bit_reference(q: QuantizedTensor) -> torch.Tensor:
-    """x̂_j = c[i_j] · m_b, written as the equation (same values as :func:`dequantize_4bit`)."""
+    """x̂_j = c[i_j] · m_b, written as the equation (same values as :func:`dequantize_4bit`).
+
+    c is the code (``q.code``), i_j the 4-bit index of element j and m_b the absmax of its block
+    b (double-quantized constants decoded first). Returns a tensor of shape ``q.shape`` and
+    dtype ``q.dtype``.
+    """
     check_instance("q", q, QuantizedTensor)
     _check_packed(q)
     levels = check_code(q.code, "q.code")

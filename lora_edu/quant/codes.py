@@ -91,7 +91,8 @@ def normal_float_offset(bits: int = 4) -> float:
     1 − 1/(2n) (the centre of the last of n equal-probability bins). NF4 has 2^k levels on an
     asymmetric grid — its positive half behaves like a 16-level code, its negative half like a
     15-level one — so QLoRA takes the mean of the two: for k = 4, 1 − ½(1/32 + 1/30) =
-    0.9677083̅, published as 0.9677083 (:data:`NF4_OFFSET`).
+    0.9677083̅, published as 0.9677083 (:data:`NF4_OFFSET`). Part of NF4's construction
+    (source §4.2 (1)).
     """
     n = 2 ** _check_bits(bits)
     return 1.0 - 0.5 * (1.0 / (2 * n) + 1.0 / (2 * (n - 1)))
@@ -144,7 +145,8 @@ def nf4_code() -> torch.Tensor:
     """The 16 NF4 levels, index 0 … 15 = −1, −0.6962, …, 0, …, 0.7230, 1 (QLoRA's table).
 
     Bit-identical to the table of QLoRA and bitsandbytes (``get_4bit_type("nf4")``). Built once
-    per process (the first call imports SciPy); every call returns a fresh copy.
+    per process (the first call imports SciPy); every call returns a fresh copy: float32, shape
+    (16,). The 4-bit NormalFloat type of source §4.2 (1), ``normal_float_code(4, NF4_OFFSET)``.
     """
     return normal_float_code(4, NF4_OFFSET)
 

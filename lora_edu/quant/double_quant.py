@@ -74,6 +74,7 @@ __all__ = [
     "parameter_count",
 ]
 
+#: The second-level codes for the constants, by name (:func:`second_level_code`).
 CODE_NAMES = ("dynamic", "fp8_e4m3", "fp8_e5m2", "linear")
 
 #: Points of the grid through which bitsandbytes' CPU kernel finds the nearest 8-bit code.
@@ -359,7 +360,10 @@ def quantize_constants(absmax: torch.Tensor, blocksize2: int = 256,
 
 
 def dequantize_constants(qc: QuantizedConstants) -> torch.Tensor:
-    """Rebuild the constants: ``code[codes] · scales[block] + offset``, float32 of length ``n``."""
+    """Rebuild the constants: ``code[codes] · scales[block] + offset``, float32 of length ``n``.
+
+    The inverse of :func:`quantize_constants` (double quantization, source §4.2 (2)).
+    """
     check_instance("qc", qc, QuantizedConstants)
     n, bs2 = qc.n, qc.blocksize2
     if qc.codes.dtype != torch.uint8 or qc.codes.shape != (n,):

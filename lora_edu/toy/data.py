@@ -30,6 +30,7 @@ from lora_edu.checks import check_instance, check_int, check_seed, check_tensor
 __all__ = ["Task", "CLS", "key_token", "vocab_size_for", "make_field_task", "pretrain_task",
            "downstream_task"]
 
+#: Token id of the classification token, the first token of every sequence.
 CLS = 0
 
 
@@ -139,6 +140,8 @@ def make_field_task(field: int, *, n_fields: int = 2, n_classes: int = 4, keys_p
     name:
         The task's name (a str); default ``"field-<field>"``.
 
+    Notes
+    -----
     All counts are ints (Python or numpy): ``TypeError`` otherwise, ``ValueError`` out of range.
     """
     n_fields = check_int("n_fields", n_fields, 1)

@@ -161,6 +161,8 @@ class TinyTransformer(nn.Module):
         seeded with ``seed`` inside a fork of it (every global generator is left untouched);
         otherwise from the global CPU generator, which then advances as for any ``nn.Module``.
 
+    Notes
+    -----
     The trainable matrices are the W0 of source §2.1 (1) before an adapter freezes them.
     """
 
